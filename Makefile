@@ -1,0 +1,31 @@
+# The whole setup on a fresh machine: `make test` and `make demo`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo install bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned and installed first: the CPU wheel is cached locally, an unpinned torch pulls CUDA.
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+
+demo: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m rayproc.demo demo-out
+
+bench: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) benchmarks/simulate_scaling.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,3 @@
+from rayproc.cli import _console
+
+_console()

@@ -1,0 +1,1 @@
+"""BCDI gap inpainting core, pure numpy/torch: portions, gap masks, metrics."""

@@ -1,0 +1,1 @@
+"""Neural networks (pure torch) and the model-directory artefact."""

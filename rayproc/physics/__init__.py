@@ -1,0 +1,1 @@
+"""Forward physics, pure numpy: BCDI crystals and diffraction, LabDCT polycrystals and projections."""

@@ -1,0 +1,54 @@
+"""Start an embedded Ray, or join a running cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from rayproc.errors import RayprocError
+
+
+def _start(address: str | None, cpus: int | None, workers: int) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:  # ConnectionError, RuntimeError, TimeoutError...
+            raise RayprocError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}") from exc
+        return True
+    # An embedded cluster for this process: loopback only; a logical CPU count of at least the
+    # number of workers so small machines never deadlock waiting for CPUs.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=max(cpus or os.cpu_count() or 1, workers), **kwargs)
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, cpus: int | None = None, workers: int = 1):
+    """Use Ray inside the block: join ``address``/``RAY_ADDRESS``, or start an embedded Ray.
+
+    A Ray already initialised by the caller (tests, notebooks, ``ray job submit``) is reused and
+    left running; one started here is shut down on exit.
+    """
+    started = _start(address, cpus, workers)
+    try:
+        yield
+    finally:
+        if started:
+            shutdown()
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+__all__ = ["ray_session", "shutdown"]

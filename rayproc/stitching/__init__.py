@@ -1,0 +1,1 @@
+"""Sliding-window inference in three pieces: placement, importance weights, merging."""
