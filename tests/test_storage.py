@@ -1,0 +1,167 @@
+"""Storage shell: zarr v3 round trips, provenance, resume markers, readers, ingest."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+import xarray as xr
+import zarr
+
+from rayproc import storage
+from rayproc.errors import InputError, StoreError
+from rayproc.pipelines.ingest import ingest
+from rayproc.storage.readers import read_volume
+
+
+def _dataset():
+    rng = np.random.default_rng(0)
+    return xr.Dataset(
+        {"intensity": (("z", "y", "x"), rng.poisson(5, (6, 7, 8)).astype("float32"), {"units": "photons"})},
+        coords={
+            "z": ("z", np.linspace(0, 1, 6), {"units": "deg"}),
+            "y": ("y", np.arange(7), {"units": "pixel"}),
+            "x": ("x", np.arange(8), {"units": "pixel"}),
+            "label": ("z", np.array(list("abcdef"))),
+        },
+        attrs={"title": "t"},
+    )
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_round_trip_keeps_dims_coords_attrs(tmp_path, remote, request):
+    if remote:
+        bucket, options = request.getfixturevalue("s3_bucket")
+        url = f"{bucket}/ds.zarr"
+    else:
+        url, options = str(tmp_path / "ds.zarr"), {}
+    ds = _dataset()
+    prov = storage.provenance("rayproc test", {"a": 1, "aws_secret_access_key": "hunter2"}, seed=3)
+    storage.write_dataset(storage.resolve(url, options), ds, chunks={"intensity": {"z": 2}}, provenance_attrs=prov)
+    back = storage.open_dataset(storage.resolve(url, options))
+    xr.testing.assert_equal(back[["intensity"]].load().drop_vars("label"), ds[["intensity"]].drop_vars("label"))
+    assert back.attrs["title"] == "t"
+    assert list(back.label.values) == list("abcdef")
+    assert back.z.attrs["units"] == "deg" and back.intensity.attrs["units"] == "photons"
+    assert back.attrs["provenance"]["seed"] == 3
+    assert back.attrs["provenance"]["parameters"]["aws_secret_access_key"] == "***"
+    assert "hunter2" not in json.dumps(back.attrs)
+    assert back.intensity.encoding["chunks"] == (2, 7, 8)
+    assert back.attrs["rayproc_status"] == "complete"
+
+
+def test_zarr_v3_with_zstd_codec(tmp_path):
+    url = str(tmp_path / "ds.zarr")
+    storage.write_dataset(url, _dataset(), compression="zstd")
+    meta = json.loads((tmp_path / "ds.zarr" / "intensity" / "zarr.json").read_text())
+    assert meta["zarr_format"] == 3
+    assert meta["dimension_names"] == ["z", "y", "x"]
+    assert any(c["name"] == "zstd" for c in meta["codecs"])
+
+
+def test_resume_markers_and_completion(tmp_path):
+    loc = storage.resolve(str(tmp_path / "s.zarr"))
+    spec = {"v": storage.ArraySpec(("i", "x"), (3, 4), "float32", chunks=(1, 4))}
+    prov = storage.provenance("cmd", {"n": 3})
+    assert storage.create_dataset(loc, spec, provenance_attrs=prov) == "created"
+    storage.write_task(loc, "t0", {"v": ((0,), np.ones(4))})
+    assert storage.done_tasks(loc) == {"t0"}
+    with pytest.raises(StoreError, match="rerun"):
+        storage.finalize(loc, ["t0", "t1", "t2"])
+    with pytest.raises(StoreError, match="incomplete"):
+        storage.open_dataset(loc)
+    # same parameters: resumed, written chunk kept
+    assert storage.create_dataset(loc, spec, provenance_attrs=prov) == "resumed"
+    assert storage.open_dataset(loc, require_complete=False).v.values[0].sum() == 4
+    # other parameters: refused without --overwrite
+    with pytest.raises(StoreError, match="other parameters"):
+        storage.create_dataset(loc, spec, provenance_attrs=storage.provenance("cmd", {"n": 4}))
+    for i in (1, 2):
+        storage.write_task(loc, f"t{i}", {"v": ((i,), np.full(4, i))})
+    storage.write_task(loc, "t1", {"v": ((1,), np.full(4, 1))})  # idempotent rewrite
+    storage.finalize(loc, ["t0", "t1", "t2"])
+    assert storage.is_complete(loc)
+    np.testing.assert_array_equal(storage.open_dataset(loc).v.values[:, 0], [1, 1, 2])
+    assert storage.create_dataset(loc, spec, provenance_attrs=prov) == "complete"
+
+
+def test_open_missing_or_corrupt_store(tmp_path):
+    with pytest.raises(StoreError, match="no dataset"):
+        storage.open_dataset(str(tmp_path / "nothing.zarr"))
+    bad = tmp_path / "bad.zarr"
+    bad.mkdir()
+    (bad / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreError):
+        storage.open_dataset(str(bad))
+
+
+def test_storage_options_parse_and_redact():
+    opts = storage.parse_storage_options(["endpoint_url=http://x:1", "anon=false", "client_kwargs.region_name=eu", "key=AKIA"])
+    assert opts == {"endpoint_url": "http://x:1", "anon": False, "client_kwargs": {"region_name": "eu"}, "key": "AKIA"}
+    assert storage.redacted(opts)["key"] == "***"
+    assert "AKIA" not in repr(storage.Location("s3://b/x", opts))
+    with pytest.raises(InputError):
+        storage.parse_storage_options(["novalue"])
+    assert "secret" not in storage.command_line(["rayproc", "x", "--storage-option", "secret=abc"]).split("=")[-1]
+
+
+def test_readers_all_formats(tmp_path):
+    vol = np.arange(2 * 3 * 4, dtype=np.int32).reshape(2, 3, 4)
+    np.save(tmp_path / "v.npy", vol)
+    np.savez(tmp_path / "v.npz", data=vol)
+    tifffile.imwrite(tmp_path / "v.tif", vol)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in (10, 2, 1):  # name order with numbers compared as numbers: 1, 2, 10
+        tifffile.imwrite(frames / f"f_{i}.tif", np.full((3, 4), i, np.uint16))
+    tifffile.imwrite(frames / "dark.tif", np.zeros((3, 4), np.uint16))
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["entry/data"] = vol
+    for src in ("v.npy", "v.npz", "v.tif", "v.h5:/entry/data"):
+        out, info = read_volume(str(tmp_path / src))
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, vol)
+    stack, info = read_volume(frames)
+    assert stack[:, 0, 0].tolist() == [1, 2, 10] and info["format"] == "tiff-frames"
+    with pytest.raises(InputError, match="no dataset"):
+        read_volume(str(tmp_path / "v.h5:/missing"))
+    (tmp_path / "broken.npy").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="cannot read"):
+        read_volume(tmp_path / "broken.npy")
+
+
+def test_ingest_rejects_bad_counts(tmp_path):
+    bad = np.ones((4, 4, 4), np.float32)
+    bad[1, 1, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(InputError, match="NaN"):
+        ingest(str(tmp_path / "nan.npy"), str(tmp_path / "o.zarr"))
+    np.save(tmp_path / "neg.npy", -np.ones((4, 4, 4)))
+    with pytest.raises(InputError, match="negative"):
+        ingest(str(tmp_path / "neg.npy"), str(tmp_path / "o.zarr"))
+    np.save(tmp_path / "flat.npy", np.ones((4, 4)))
+    with pytest.raises(InputError, match="3D"):
+        ingest(str(tmp_path / "flat.npy"), str(tmp_path / "o.zarr"))
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_ingest_real_gold_scan(shared_data, tmp_path):
+    ds = ingest(str(shared_data / "bcdi-au-34idc-s54"), str(tmp_path / "au.zarr"))
+    back = storage.open_dataset(str(tmp_path / "au.zarr"))
+    assert back.intensity.dims == ("z", "y", "x")
+    assert back.intensity.shape == (201, 256, 256)
+    assert back.intensity.dtype == np.float32
+    v = back.intensity.values
+    peak = np.unravel_index(v.argmax(), v.shape)
+    assert abs(peak[0] - 99) <= 2 and abs(peak[1] - 126) <= 2 and abs(peak[2] - 127) <= 2
+    assert np.array_equal(v, ds.intensity.values)
+    assert back.attrs["provenance"]["parameters"]["shape"] == [201, 256, 256]
+    # a second identical ingest is a no-op; a different source is refused without --overwrite
+    ingest(str(shared_data / "bcdi-au-34idc-s54"), str(tmp_path / "au.zarr"))
+    np.save(tmp_path / "other.npy", np.ones((2, 2, 2)))
+    with pytest.raises(StoreError, match="overwrite"):
+        ingest(str(tmp_path / "other.npy"), str(tmp_path / "au.zarr"))
+    assert storage.open_dataset(str(tmp_path / "au.zarr")).intensity.shape == (201, 256, 256)
