@@ -26,13 +26,11 @@ def simulate(
 ):
     """Simulate BCDI diffraction volumes (faceted crystals, strain phase, noise) into a zarr store."""
     from rayproc.pipelines.bcdi_simulate import simulate_bcdi
-    from rayproc.runtime import ray_session
     from rayproc.storage import parse_storage_options
 
-    with ray_session(address, cpus=cpus, workers=workers):
-        report = simulate_bcdi(out, count=count, size=size, seed=seed, workers=workers,
-                               storage_options=parse_storage_options(storage_option),
-                               overwrite=overwrite, progress=progress)
+    report = simulate_bcdi(out, count=count, size=size, seed=seed, workers=workers, address=address, cpus=cpus,
+                           storage_options=parse_storage_options(storage_option),
+                           overwrite=overwrite, progress=progress)
     if report.status == "complete":
         typer.echo(f"{report.url}: already complete ({report.count} samples); nothing to do")
     else:

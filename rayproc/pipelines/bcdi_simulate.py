@@ -16,7 +16,7 @@ import xarray as xr
 
 from rayproc.errors import InputError
 from rayproc.physics.bcdi_diffraction import random_sample_params, simulate_bcdi_sample
-from rayproc.runtime import run_stage
+from rayproc.runtime import ray_session, run_stage
 from rayproc.storage import (
     ArraySpec, Location, command_line, create_dataset, done_tasks, finalize, provenance, resolve, write_task,
 )
@@ -80,13 +80,19 @@ def simulate_bcdi(
     seed: int = 0,
     workers: int = 1,
     cpus_per_worker: float = 1.0,
+    address: str | None = None,
+    cpus: int | None = None,
     storage_options: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
     on_start=None,
 ) -> SimulationReport:
-    """Simulate ``count`` BCDI volumes of ``size``^3 into the zarr store ``out``."""
+    """Simulate ``count`` BCDI volumes of ``size``^3 into the zarr store ``out``.
+
+    Joins the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else starts an embedded Ray with
+    ``cpus`` CPUs; a Ray already running in this process is reused.
+    """
     if count < 1:
         raise InputError(f"--count must be >= 1; got {count}.")
     if size < 16 or size % 2:
@@ -110,8 +116,9 @@ def simulate_bcdi(
     finished = done_tasks(location)
     todo = [i for i in range(count) if task_name(i) not in finished]
     stage = functools.partial(_SampleWriter, location, size, seed)
-    computed = sum(1 for _ in run_stage(stage, todo, workers=workers, cpus_per_worker=cpus_per_worker,
-                                        desc="simulating", progress=progress, on_start=on_start))
+    with ray_session(address, cpus=cpus, workers=workers):
+        computed = sum(1 for _ in run_stage(stage, todo, workers=workers, cpus_per_worker=cpus_per_worker,
+                                            desc="simulating", progress=progress, on_start=on_start))
     finalize(location, [task_name(i) for i in range(count)])
     return SimulationReport(location.url, count, computed, status)
 
