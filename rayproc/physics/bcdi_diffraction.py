@@ -244,7 +244,7 @@ def random_sample_params(
     photon_range: Sequence[float] = (1e6, 1e9),
     max_offset: float | None = None,
     max_coherence_sigma: float = 1.0,
-    max_background: float = 1.0,
+    max_background: float = 0.3,
     max_hot_pixels: int = 2,
     max_dead_pixels: int = 2,
     shape_kinds: Sequence[str] = SHAPE_KINDS,
