@@ -101,22 +101,22 @@ def simulate_bcdi(
         raise InputError(f"--workers must be >= 1; got {workers}.")
     location = resolve(out, storage_options)
     params = {"count": count, "size": size, "seed": seed}
-    status = create_dataset(
-        location,
-        {"intensity": ArraySpec(("sample", "z", "y", "x"), (count, size, size, size), "float32",
-                                chunks=(1, size, size, size),
-                                attrs={"units": "photons", "long_name": "simulated diffracted intensity"})},
-        coords=sample_coords(size, seed, count),
-        attrs={"title": "simulated BCDI diffraction patterns"},
-        provenance_attrs=provenance(command or command_line(), params, seed=seed),
-        overwrite=overwrite,
-    )
-    if status == "complete":
-        return SimulationReport(location.url, count, 0, status)
-    finished = done_tasks(location)
-    todo = [i for i in range(count) if task_name(i) not in finished]
-    stage = functools.partial(_SampleWriter, location, size, seed)
     with ray_session(address, cpus=cpus, workers=workers):
+        status = create_dataset(
+            location,
+            {"intensity": ArraySpec(("sample", "z", "y", "x"), (count, size, size, size), "float32",
+                                    chunks=(1, size, size, size),
+                                    attrs={"units": "photons", "long_name": "simulated diffracted intensity"})},
+            coords=sample_coords(size, seed, count),
+            attrs={"title": "simulated BCDI diffraction patterns"},
+            provenance_attrs=provenance(command or command_line(), params, seed=seed),
+            overwrite=overwrite,
+        )
+        if status == "complete":
+            return SimulationReport(location.url, count, 0, status)
+        finished = done_tasks(location)
+        todo = [i for i in range(count) if task_name(i) not in finished]
+        stage = functools.partial(_SampleWriter, location, size, seed)
         computed = sum(1 for _ in run_stage(stage, todo, workers=workers, cpus_per_worker=cpus_per_worker,
                                             desc="simulating", progress=progress, on_start=on_start))
     finalize(location, [task_name(i) for i in range(count)])

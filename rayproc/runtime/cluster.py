@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 
 from rayproc.errors import RayprocError
 
@@ -17,6 +18,7 @@ def _start(address: str | None, cpus: int | None, workers: int) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
         except Exception as exc:  # ConnectionError, RuntimeError, TimeoutError...
@@ -27,6 +29,20 @@ def _start(address: str | None, cpus: int | None, workers: int) -> bool:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=max(cpus or os.cpu_count() or 1, workers), **kwargs)
     return True
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail fast with one line when nothing listens at ``address`` (Ray itself retries for minutes)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayprocError(f"Ray address must look like host:port or ray://host:port; got {address!r}.")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayprocError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from exc
 
 
 @contextlib.contextmanager
