@@ -165,3 +165,18 @@ def test_ingest_real_gold_scan(shared_data, tmp_path):
     with pytest.raises(StoreError, match="overwrite"):
         ingest(str(tmp_path / "other.npy"), str(tmp_path / "au.zarr"))
     assert storage.open_dataset(str(tmp_path / "au.zarr")).intensity.shape == (201, 256, 256)
+
+
+def test_task_tables_and_appended_variables(tmp_path):
+    loc = storage.resolve(str(tmp_path / "t.zarr"))
+    storage.create_dataset(loc, {"v": storage.ArraySpec(("i", "x"), (2, 3), "float32", chunks=(1, 3))},
+                           provenance_attrs=storage.provenance("cmd", {}))
+    storage.write_task(loc, "t0", {"v": ((0,), np.ones(3))}, table={"grain": np.array([4, 5]), "hkl": np.eye(3)})
+    storage.write_task(loc, "t1", {"v": ((1,), np.ones(3))}, table={"grain": np.array([], int), "hkl": np.zeros((0, 3))})
+    tables = storage.task_tables(loc, ["t0", "t1"])
+    assert tables["t0"]["grain"].tolist() == [4, 5] and tables["t1"]["hkl"].shape == (0, 3)
+    table = xr.Dataset({"spot_grain": ("spot", [4, 5])}, coords={"spot": ("spot", [0, 1])})
+    storage.append_variables(loc, table)
+    storage.append_variables(loc, table)  # idempotent
+    storage.finalize(loc, ["t0", "t1"])
+    assert storage.open_dataset(loc).spot_grain.values.tolist() == [4, 5]

@@ -2,6 +2,7 @@
 
 from rayproc.storage.dataset import (
     ArraySpec,
+    append_variables,
     command_line,
     create_dataset,
     done_tasks,
@@ -12,6 +13,7 @@ from rayproc.storage.dataset import (
     with_retries,
     write_dataset,
     write_task,
+    task_tables,
     zarr_store,
 )
 from rayproc.storage.location import Location, filesystem, parse_storage_options, redacted, resolve
@@ -19,6 +21,7 @@ from rayproc.storage.location import Location, filesystem, parse_storage_options
 __all__ = [
     "ArraySpec",
     "Location",
+    "append_variables",
     "command_line",
     "create_dataset",
     "done_tasks",
@@ -30,6 +33,7 @@ __all__ = [
     "provenance",
     "redacted",
     "resolve",
+    "task_tables",
     "with_retries",
     "write_dataset",
     "write_task",

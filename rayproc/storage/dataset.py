@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import io
 import json
 import socket
 import sys
@@ -178,20 +179,7 @@ def create_dataset(
     group = zarr.open_group(zarr_store(location), mode="w", zarr_format=3)
     codecs = _codecs(compression)
     for name, variable in coords.items():
-        values = np.asarray(variable.values)
-        if values.dtype.kind in "UO":
-            values = values.astype(str)
-        arr = group.create_array(
-            name,
-            shape=values.shape,
-            dtype=values.dtype if values.dtype.kind != "U" else str,
-            chunks=values.shape or None,
-            dimension_names=variable.dims,
-            compressors=codecs if values.dtype.kind not in "UO" else None,
-            fill_value=None if values.dtype.kind in "UO" else 0,
-        )
-        arr[...] = values
-        arr.attrs.update(dict(variable.attrs))
+        _write_whole_array(group, name, variable, codecs)
     for name, spec in arrays.items():
         arr = group.create_array(
             name,
@@ -216,8 +204,14 @@ def write_task(
     location: Location | str,
     task: str,
     writes: Mapping[str, tuple[tuple[slice, ...] | int, np.ndarray]],
+    *,
+    table: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    """Write ``{array: (region, values)}`` then mark ``task`` done. Idempotent: rerunning rewrites."""
+    """Write ``{array: (region, values)}`` then mark ``task`` done. Idempotent: rerunning rewrites.
+
+    ``table`` (named 1D arrays, e.g. the spots found by this task) is stored in the task's marker
+    and read back by :func:`task_tables`, so per-task results survive an interrupted run.
+    """
     location = resolve(location)
     group = _open_group(location)
     for name, (region, values) in writes.items():
@@ -227,7 +221,51 @@ def write_task(
     folder = f"{path.rstrip('/')}/{PROGRESS_DIR}"
     if not location.is_remote:
         fs.makedirs(folder, exist_ok=True)
-    with_retries(lambda: fs.pipe_file(f"{folder}/{task}", b"done"))
+    payload = b"done"
+    if table is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: np.asarray(v) for k, v in table.items()})
+        payload = buffer.getvalue()
+    with_retries(lambda: fs.pipe_file(f"{folder}/{task}", payload))
+
+
+def task_tables(location: Location | str, tasks: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
+    """The ``table`` each task stored with :func:`write_task`, by task name."""
+    location = resolve(location)
+    fs, path = filesystem(location)
+    folder = f"{path.rstrip('/')}/{PROGRESS_DIR}"
+    out = {}
+    for task in tasks:
+        payload = with_retries(lambda: fs.cat_file(f"{folder}/{task}"))
+        with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+            out[task] = {k: npz[k] for k in npz.files}
+    return out
+
+
+def append_variables(location: Location | str, dataset: xr.Dataset, *, compression: str = "blosc-zstd") -> None:
+    """Add the variables and coords of a small in-memory Dataset to an existing store.
+
+    Used at the end of a run (e.g. the spot table gathered from all tasks); existing arrays of
+    the same name are replaced, so the step is idempotent.
+    """
+    location = resolve(location)
+    group = _open_group(location)
+    codecs = _codecs(compression)
+    for name, var in {**dataset.coords, **dataset.data_vars}.items():
+        _write_whole_array(group, name, var.variable, codecs)
+
+
+def _write_whole_array(group: zarr.Group, name: str, variable: xr.Variable, codecs) -> None:
+    """Write a small array in one chunk (coordinates, tables); strings as variable-length text."""
+    values = np.asarray(variable.values)
+    text = values.dtype.kind in "UO"
+    arr = group.create_array(
+        name, shape=values.shape, dtype=str if text else values.dtype, chunks=values.shape or None,
+        dimension_names=variable.dims, compressors=None if text else codecs,
+        fill_value=None if text else 0, overwrite=True,
+    )
+    with_retries(lambda: arr.__setitem__(Ellipsis, values.astype(str) if text else values))
+    arr.attrs.update(dict(variable.attrs))
 
 
 def done_tasks(location: Location | str) -> set[str]:
@@ -324,6 +362,8 @@ __all__ = [
     "create_dataset",
     "write_task",
     "done_tasks",
+    "task_tables",
+    "append_variables",
     "finalize",
     "is_complete",
     "open_dataset",
