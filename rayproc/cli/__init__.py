@@ -12,7 +12,7 @@ import numpy as np
 import typer
 
 from rayproc import __version__
-from rayproc.cli import bcdi
+from rayproc.cli import bcdi, labdct
 from rayproc.cli._common import Overwrite, StorageOptions
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(bcdi.app, name="bcdi")
+app.add_typer(labdct.app, name="labdct")
 
 
 @app.callback(invoke_without_command=True)
