@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
+from rayproc.bcdi.inpaint import DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_CHUNK, DEFAULT_STRIDE
 from rayproc.cli._common import Address, Cpus, Overwrite, Progress, StorageOptions, Workers
 
 app = typer.Typer(help="BCDI: simulate training data, train and apply the gap-inpainting model.", no_args_is_help=True)
@@ -35,3 +36,195 @@ def simulate(
         typer.echo(f"{report.url}: already complete ({report.count} samples); nothing to do")
     else:
         typer.echo(f"{report.url}: {report.count} samples ({report.computed} computed now)")
+
+
+TrainWorkers = Annotated[int, typer.Option(
+    "--workers", "-w", min=0, help="Ray Train workers (data parallel); 0 trains in this process without Ray.")]
+Gpu = Annotated[bool, typer.Option("--gpu", help="One GPU per worker, NCCL, mixed precision (bf16 or fp16).")]
+CheckpointStorage = Annotated[Optional[str], typer.Option(
+    "--storage", help="Checkpoint storage (folder or s3:// URL; default MODEL_DIR/checkpoints). "
+                      "Rerunning the same command resumes from it.")]
+ModelOut = Annotated[str, typer.Option("--out", "-o", help="Model directory to write.")]
+
+
+def _echo_training(report) -> None:
+    best = report.best
+    widths = ", ".join(f"w{k[9:]} {v:.3f}" for k, v in best.items() if k.startswith("val_pcc_w") and v is not None)
+    resumed = " (resumed from its checkpoints)" if report.resumed else ""
+    typer.echo(f"{report.out}: {report.epochs} epochs{resumed}; best epoch {best['epoch'] + 1}: "
+               f"val loss {best['val_loss']:.4f}, in-gap PCC {widths}")
+
+
+@app.command()
+def train(
+    data: Annotated[list[str], typer.Argument(help="Training stores (from `bcdi simulate` or `ingest`).")],
+    out: ModelOut,
+    workers: TrainWorkers = 1,
+    gpu: Gpu = False,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Total epochs (a rerun with more continues).")] = 10,
+    storage: CheckpointStorage = None,
+    arch: Annotated[str, typer.Option("--arch", help="gapnet (mask-aware, default) or masto2024 (published).")] = "gapnet",
+    base_channels: Annotated[Optional[int], typer.Option("--base-channels", help="Network width (default: the architecture's).")] = None,
+    depth: Annotated[Optional[int], typer.Option("--depth", help="Poolings (gapnet; default: the architecture's).")] = None,
+    patch_size: Annotated[int, typer.Option("--patch-size", help="Portion edge in voxels.")] = 32,
+    portions_per_volume: Annotated[int, typer.Option("--portions-per-volume", "-k", min=1, help="Portions drawn per volume per epoch.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Portions per step per worker.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (halved when validation stalls).")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Master seed of portions, gaps and initial weights.")] = 0,
+    cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", help="Ray CPUs (and torch threads) per worker.")] = 1.0,
+    loader_workers: Annotated[int, typer.Option("--loader-workers", min=0, help="DataLoader processes per worker (2-4 with --gpu).")] = 0,
+    max_failures: Annotated[int, typer.Option("--max-failures", help="Restarts from the last checkpoint after a worker failure.")] = 3,
+    cpus: Cpus = None,
+    address: Address = None,
+    storage_option: StorageOptions = None,
+    progress: Progress = True,
+):
+    """Train the gap-inpainting network on Ray Train (Masto et al. 2024 recipe); write MODEL_DIR."""
+    from rayproc.pipelines.bcdi_train import train_bcdi
+    from rayproc.storage import parse_storage_options
+
+    _echo_training(train_bcdi(
+        data, out, workers=workers, gpu=gpu, epochs=epochs, storage=storage, arch=arch, base_channels=base_channels,
+        depth=depth, patch_size=patch_size, portions_per_volume=portions_per_volume, batch_size=batch_size, lr=lr,
+        seed=seed, cpus_per_worker=cpus_per_worker, loader_workers=loader_workers, max_failures=max_failures,
+        address=address, cpus=cpus, storage_options=parse_storage_options(storage_option), progress=progress))
+
+
+@app.command()
+def finetune(
+    model_dir: Annotated[str, typer.Argument(help="Model directory to start from.")],
+    volume: Annotated[str, typer.Argument(help="Target volume store (from `rayproc ingest`).")],
+    out: ModelOut,
+    mask: Annotated[Optional[str], typer.Option("--mask", help="Gap mask of the target (.npy/.tif/.h5, nonzero = gap).")] = None,
+    gap: Annotated[Optional[list[str]], typer.Option("--gap", help="A gap of the target as AXIS:START:WIDTH (repeatable).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (2-5 suffice).")] = 3,
+    portions_per_volume: Annotated[int, typer.Option("--portions-per-volume", "-k", min=1, help="Portions per epoch.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    workers: TrainWorkers = 1,
+    gpu: Gpu = False,
+    storage: CheckpointStorage = None,
+    cpus: Cpus = None,
+    address: Address = None,
+    storage_option: StorageOptions = None,
+    progress: Progress = True,
+):
+    """Fine-tune a model on its target, on portions away from the target's gaps (artificial gaps there)."""
+    from rayproc.pipelines.bcdi_train import finetune_bcdi
+    from rayproc.storage import parse_storage_options
+
+    _echo_training(finetune_bcdi(
+        model_dir, volume, out, mask=mask, gaps=tuple(gap or ()), epochs=epochs,
+        portions_per_volume=portions_per_volume, batch_size=batch_size, lr=lr, seed=seed, workers=workers, gpu=gpu,
+        storage=storage, address=address, cpus=cpus, storage_options=parse_storage_options(storage_option),
+        progress=progress))
+
+
+@app.command("model-info")
+def model_info(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory (default: the shipped model).")] = None,
+):
+    """Describe a model: architecture, parameter count, FLOPs per 32^3 portion, training metrics."""
+    from rayproc.errors import RayprocError
+    from rayproc.models.artifact import CONFIG_FILE, default_model_dir, load_model
+    from rayproc.models.bcdi_unet import count_parameters, flops_per_portion
+
+    directory = model or default_model_dir()
+    if model is None and not (directory / CONFIG_FILE).is_file():
+        raise RayprocError(f"no model is shipped with this rayproc yet (nothing at {directory}); "
+                           "train one with `rayproc bcdi train` and pass --model DIR")
+    net, info = load_model(directory)
+    if info.family != "bcdi":
+        raise RayprocError(f"{directory} is a {info.family!r} model, not a BCDI one.")
+    arch = ", ".join(f"{k}={v}" for k, v in info.architecture.items() if k != "arch")
+    typer.echo(f"{directory}")
+    typer.echo(f"  architecture   {info.architecture.get('arch')} ({arch})")
+    typer.echo(f"  parameters     {count_parameters(net):,}")
+    typer.echo(f"  FLOPs          {flops_per_portion(net, 32) / 1e9:.3f} GFLOP per 32^3 portion")
+    typer.echo(f"  portions       {info.patch_size}^3, gap widths {', '.join(map(str, info.gap_widths or ()))}")
+    typer.echo(f"  format         {info.format_version} (rayproc {info.rayproc_version}), sha256 {info.sha256[:16]}...")
+    best = info.metrics.get("best")
+    if best:
+        pcc = "n/a" if best.get("val_pcc") is None else f"{best['val_pcc']:.3f}"
+        typer.echo(f"  training       {info.provenance.get('stage', 'trained')}, {info.metrics.get('epochs')} epochs; "
+                   f"best epoch {best['epoch'] + 1}: val loss {best['val_loss']:.4f}, in-gap PCC {pcc}")
+
+
+Gaps = Annotated[Optional[list[str]], typer.Option(
+    "--gap", help="A gap as AXIS:START:WIDTH, e.g. x:126:6 (repeatable: --gap x:126:6 --gap y:120:6 is a cross).")]
+InpaintModel = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Model directory (default: the model shipped with rayproc).")]
+Stride = Annotated[int, typer.Option(
+    "--stride", min=1, help="Step of the 32^3 portions along a gap (1 with --blend mean is the published procedure).")]
+Blend = Annotated[str, typer.Option("--blend", help="Blend of overlapping portions: gaussian or mean.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Portions per model call.")]
+
+
+@app.command()
+def inpaint(
+    src: Annotated[str, typer.Argument(help="Volume (TIFF folder, .tif, .npy/.npz, file.h5:/path) or zarr store "
+                                            "with intensity (z, y, x) or (sample, z, y, x) and optional mask.")],
+    out: Annotated[str, typer.Argument(help="Output zarr store (path or s3:// URL).")],
+    mask: Annotated[Optional[str], typer.Option("--mask", help="Missing-voxel mask (.npy/.tif/.h5 or zarr store "
+                                                               "with mask; nonzero = missing).")] = None,
+    gap: Gaps = None,
+    model: InpaintModel = None,
+    stride: Stride = DEFAULT_STRIDE,
+    blend: Blend = DEFAULT_BLEND,
+    chunk: Annotated[int, typer.Option("--chunk", min=1, help="Output chunk edge: the unit of work of an actor.")] = DEFAULT_CHUNK,
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per actor.")] = False,
+    cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", help="Ray CPUs (and torch threads) per actor.")] = 1.0,
+    workers: Workers = 2,
+    cpus: Cpus = None,
+    address: Address = None,
+    storage_option: StorageOptions = None,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+):
+    """Inpaint detector gaps with the portion model, chunk by chunk on Ray actors (resumable)."""
+    from rayproc.pipelines.bcdi_inpaint import inpaint_bcdi
+    from rayproc.storage import parse_storage_options
+
+    report = inpaint_bcdi(src, out, mask=mask, gaps=tuple(gap or ()), model=model, stride=stride, blend=blend,
+                          chunk=chunk, batch_size=batch_size, workers=workers, gpu=gpu,
+                          cpus_per_worker=cpus_per_worker, address=address, cpus=cpus,
+                          storage_options=parse_storage_options(storage_option), overwrite=overwrite,
+                          progress=progress)
+    if report.status == "complete":
+        typer.echo(f"{report.url}: already complete; nothing to do")
+        return
+    memory = "" if report.peak_worker_rss_mb is None else f"; actor peak memory {report.peak_worker_rss_mb:.0f} MB"
+    typer.echo(f"{report.url}: {report.samples} volume(s), {report.windows} portions; "
+               f"{report.computed} of {report.tasks} chunks computed now{memory}")
+
+
+@app.command()
+def evaluate(
+    volume: Annotated[str, typer.Argument(help="Gap-free volume (file or zarr store with intensity).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for metrics.json, metrics.md and figures.")],
+    gap: Gaps = None,
+    model: InpaintModel = None,
+    stride: Stride = DEFAULT_STRIDE,
+    blend: Blend = DEFAULT_BLEND,
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    sample: Annotated[int, typer.Option("--sample", help="Sample of a (sample, z, y, x) store.")] = 0,
+    gpu: Annotated[bool, typer.Option("--gpu", help="Run the model on the GPU.")] = False,
+    storage_option: StorageOptions = None,
+):
+    """Impose gaps on a gap-free volume; score the model and nearest/linear/cubic interpolation inside them."""
+    from pathlib import Path
+
+    from rayproc.pipelines.bcdi_evaluate import evaluate_bcdi
+    from rayproc.storage import parse_storage_options
+
+    report = evaluate_bcdi(volume, out, gaps=tuple(gap or ()), model=model, stride=stride, blend=blend,
+                           batch_size=batch_size, sample=sample, device="cuda" if gpu else "cpu",
+                           storage_options=parse_storage_options(storage_option))
+    if report.model is None:
+        typer.echo("no model installed: scoring the interpolation baselines only (pass --model DIR)")
+    for name, m in report.methods.items():
+        typer.echo(f"  {name:8s} in-gap PCC {m['pcc']:.4f}  relative error {m['relative_error']:.4f}  "
+                   f"({m['seconds']:.1f} s)")
+    typer.echo(f"{report.out}: {', '.join(Path(f).name for f in report.files)}")

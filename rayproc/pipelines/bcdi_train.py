@@ -1,0 +1,866 @@
+"""``rayproc bcdi train`` / ``finetune``: train the BCDI gap-inpainting network with Ray Train.
+
+* :func:`train_loop` is plain torch for one data-parallel worker, driven by a config dict
+  (:class:`TrainSpec`). Ray appears only in :class:`_RayTrain` (prepare_model,
+  prepare_data_loader, report with a Checkpoint, get_checkpoint); outside Ray Train
+  :class:`_InProcess` stands in for it, so the same function runs in one process.
+* :func:`train_bcdi` and :func:`finetune_bcdi` build the spec, run it on ``workers``
+  TorchTrainer workers (or in this process with ``workers=0``), then export the best epoch
+  as a model directory (:mod:`rayproc.models.artifact`).
+
+Training follows Masto et al. [1]_: portions cut preferably away from the Bragg peak, an
+artificial line or cross gap of width 3, 6, 9 or 12 voxels per portion, log-scaled and
+normalised with the measured voxels, the loss MAE + (1 - SSIM) + gradient MAE on the
+composite; Adam with the learning rate halved when the validation loss stalls. Every epoch
+is checkpointed to storage (local or ``s3://``) and logged (``metrics.jsonl``,
+``loss_curve.png`` in the model directory, with the in-gap PCC of [1]_ eq. 1 per gap width).
+A failed worker restarts from the last checkpoint; rerunning the same command resumes.
+
+References
+----------
+.. [1] M. Masto, V. Favre-Nicolin, S. Leake, T. Schülli, M.-I. Richard and E. Bellec,
+   "Patching-based deep-learning model for the inpainting of Bragg coherent diffraction
+   patterns affected by detector gaps", J. Appl. Cryst. 57 (2024).
+   :doi:`10.1107/S1600576724004163`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from rayproc.bcdi.gaps import GAP_KINDS, gaps_to_mask
+from rayproc.bcdi.metrics import gap_pcc
+from rayproc.bcdi.portion_dataset import EpochSampler, PortionDataset, VolumeCache, VolumeRef, list_volumes
+from rayproc.bcdi.portions import NormStats, denormalise_portion
+from rayproc.errors import InputError, RayprocError
+from rayproc.models.artifact import load_model, save_model
+from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
+from rayproc.models.losses import inpainting_loss
+from rayproc.runtime import ray_session
+from rayproc.storage import Location, command_line, filesystem, provenance, redacted, resolve, with_retries
+
+GAP_WIDTHS = (3, 6, 9, 12)
+NORMALISATION = {
+    "transform": "log1p",
+    "scale": "per portion: (log1p(I) - lo) / (hi - lo), lo and hi over the measured voxels",
+    "gap_input": "zero",
+}
+RUN_FILE = "rayproc_run.json"
+METRICS_LOG = "metrics.jsonl"
+LOSS_CURVE = "loss_curve.png"
+STATE_FILE = "state.pt"
+# Spec fields a rerun may change and still resume the same run.
+_RESUMABLE_CHANGES = (
+    "epochs", "progress", "gpu", "cpus_per_worker", "loader_workers", "ray_train", "checkpoints",
+    "fail_once_after_epoch", "storage_options",
+)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything one training worker needs; travels to Ray workers as a dict.
+
+    ``volumes`` / ``val_volumes`` are :class:`VolumeRef` dicts (no ``val_volumes``: the
+    validation portions are a separate draw from the training volumes). ``exclude_mask`` (a
+    file) or ``exclude_gaps`` (``AXIS:START:WIDTH``) mark real gaps no portion may touch.
+    ``init_model`` is a model directory to start from. ``checkpoints`` is the storage URL of
+    an in-process (``workers=0``) run. ``fail_once_after_epoch`` injects a failure (tests):
+    an attempt that started from scratch raises after checkpointing that epoch.
+    """
+
+    volumes: tuple[dict, ...]
+    out: str
+    val_volumes: tuple[dict, ...] = ()
+    arch: dict = field(default_factory=lambda: BcdiNetConfig().to_dict())
+    patch_size: int = 32
+    portions_per_volume: int = 64
+    val_portions_per_volume: int = 64
+    gap_widths: tuple[int, ...] = GAP_WIDTHS
+    gap_kinds: tuple[str, ...] = GAP_KINDS
+    prefer_periphery: bool = True
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    gpu: bool = False
+    cpus_per_worker: float = 1.0
+    loader_workers: int = 0
+    init_model: str | None = None
+    exclude_mask: str | None = None
+    exclude_gaps: tuple[str, ...] = ()
+    storage_options: dict = field(default_factory=dict)
+    checkpoints: str | None = None
+    ray_train: bool = False
+    progress: bool = True
+    fail_once_after_epoch: int | None = None
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSpec":
+        values = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        for name in ("volumes", "val_volumes", "gap_widths", "gap_kinds", "exclude_gaps"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training function (plain torch)
+# ---------------------------------------------------------------------------------------------
+
+
+def datasets_for(spec: TrainSpec, *, cache: VolumeCache | None = None) -> tuple[PortionDataset, PortionDataset]:
+    """Training and validation datasets of a spec (stream 0 and 1 of the same seed)."""
+    cache = cache if cache is not None else VolumeCache()
+    volumes = [VolumeRef.from_dict(v) for v in spec.volumes]
+    common = dict(
+        seed=spec.seed, size=spec.patch_size, gap_widths=spec.gap_widths, gap_kinds=spec.gap_kinds,
+        prefer_periphery=spec.prefer_periphery, exclude=exclusion_mask(spec, volumes[0].shape),
+        storage_options=spec.storage_options, cache=cache,
+    )
+    val_volumes = [VolumeRef.from_dict(v) for v in spec.val_volumes] or volumes
+    return (
+        PortionDataset(volumes, spec.portions_per_volume, stream=0, **common),
+        PortionDataset(val_volumes, spec.val_portions_per_volume, stream=1, **common),
+    )
+
+
+def exclusion_mask(spec: TrainSpec, shape) -> np.ndarray | None:
+    """The real-gap mask of a fine-tuning spec (True on gap voxels), or None."""
+    if not spec.exclude_mask and not spec.exclude_gaps:
+        return None
+    mask = gaps_to_mask(spec.exclude_gaps, shape)
+    if spec.exclude_mask:
+        from rayproc.storage.readers import read_volume
+
+        from_file = read_volume(spec.exclude_mask)[0] != 0
+        if from_file.shape != mask.shape:
+            raise InputError(f"mask {spec.exclude_mask} has shape {from_file.shape}; the volume has {mask.shape}.")
+        mask |= from_file
+    return mask
+
+
+class Precision:
+    """Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); fp32 on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device_type = device.type
+        self.enabled = device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_across_workers(values, device: torch.device) -> np.ndarray:
+    """Element-wise sum of ``values`` over all data-parallel workers."""
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+    return total.cpu().numpy()
+
+
+def train_one_epoch(model, loader, optimizer, precision: Precision, *, progress=None) -> float:
+    """One pass over ``loader``; returns the mean inpainting loss over all workers' portions."""
+    model.train()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for batch in loader:
+        target, mask = batch["target"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            pred = model(target, mask)
+        loss = inpainting_loss(pred.float(), target, mask)
+        precision.scaler.scale(loss).backward()
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+        total += float(loss.detach()) * len(target)
+        count += len(target)
+        if progress is not None:
+            progress.update(len(target))
+    loss_sum, n = _sum_across_workers([total, count], device)
+    return float(loss_sum / max(n, 1))
+
+
+@torch.no_grad()
+def evaluate(model, loader, precision: Precision, gap_widths) -> dict:
+    """Validation loss and mean in-gap PCC ([1]_ eq. 1) overall and per gap width."""
+    model.eval()
+    device = next(model.parameters()).device
+    widths = list(gap_widths)
+    loss_sum = count = 0.0
+    pcc_sum, pcc_n = np.zeros(len(widths)), np.zeros(len(widths))
+    for batch in loader:
+        target, mask = batch["target"].to(device), batch["mask"].to(device)
+        with precision.autocast():
+            pred = model(target, mask)
+        pred = pred.float()
+        loss_sum += float(inpainting_loss(pred, target, mask)) * len(target)
+        count += len(target)
+        stats = NormStats(batch["lo"].cpu().numpy(), batch["hi"].cpu().numpy())
+        pred_counts = np.maximum(denormalise_portion(pred[:, 0].cpu().numpy(), stats), 0)
+        true_counts = np.maximum(denormalise_portion(target[:, 0].cpu().numpy(), stats), 0)
+        in_gap = mask[:, 0].cpu().numpy() > 0.5
+        for b, width in enumerate(batch["width"].tolist()):
+            pcc = gap_pcc(pred_counts[b], true_counts[b], in_gap[b])
+            if np.isfinite(pcc) and width in widths:
+                pcc_sum[widths.index(width)] += pcc
+                pcc_n[widths.index(width)] += 1
+    totals = _sum_across_workers([loss_sum, count, *pcc_sum, *pcc_n], device)
+    loss_sum, count, pcc_sum, pcc_n = totals[0], totals[1], totals[2:2 + len(widths)], totals[2 + len(widths):]
+    row = {"val_loss": float(loss_sum / max(count, 1)),
+           "val_pcc": float(pcc_sum.sum() / pcc_n.sum()) if pcc_n.sum() else None}
+    for width, s, n in zip(widths, pcc_sum, pcc_n):
+        row[f"val_pcc_w{width}"] = float(s / n) if n else None
+    return row
+
+
+def _cpu_copy(module: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in getattr(module, "module", module).state_dict().items()}
+
+
+def train_loop(config: dict) -> None:
+    """Train on this worker's share of the portions (plain torch; see :class:`TrainSpec`).
+
+    Inside Ray Train (``config["ray_train"]``) the model is wrapped for DDP, batches are
+    moved to the worker's device and every epoch is reported with a checkpoint; otherwise
+    checkpoints go to ``config["checkpoints"]`` and the logs straight to ``config["out"]``.
+    Resumes from the latest checkpoint when there is one.
+    """
+    spec = TrainSpec.from_dict(config)
+    session = _RayTrain() if spec.ray_train else _InProcess(spec)
+    torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
+    rank, world = _rank_and_world()
+    torch.manual_seed(spec.seed)
+    model = build_bcdi_net(spec.arch)
+    if spec.init_model:
+        model.load_state_dict(load_model(spec.init_model)[0].state_dict())
+    device = session.device(spec.gpu)
+    model.to(device)  # before the optimizer, so restored optimizer state lands on the device too
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
+    precision = Precision(device)
+    history, best_weights = [], None
+    with session.checkpoint() as folder:
+        if folder is not None:
+            saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            if saved["scaler"] and precision.scaler.is_enabled():
+                precision.scaler.load_state_dict(saved["scaler"])
+            history, best_weights = list(saved["history"]), saved["best_model"]
+    start = len(history)
+    model = session.prepare_model(model)
+    train_set, val_set = datasets_for(spec)
+    train_sampler = EpochSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed)
+    loader_options = dict(batch_size=spec.batch_size, num_workers=spec.loader_workers,
+                          persistent_workers=spec.loader_workers > 0, pin_memory=device.type == "cuda")
+    train_loader = session.prepare_data_loader(DataLoader(train_set, sampler=train_sampler, **loader_options))
+    val_loader = session.prepare_data_loader(DataLoader(
+        val_set, sampler=DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False), **loader_options))
+    for epoch in range(start, spec.epochs):
+        began = time.perf_counter()
+        train_sampler.set_epoch(epoch)
+        bar = session.progress(len(train_sampler), f"epoch {epoch + 1}/{spec.epochs}") if spec.progress and rank == 0 else None
+        train_loss = train_one_epoch(model, train_loader, optimizer, precision, progress=bar)
+        train_seconds = time.perf_counter() - began
+        if bar is not None:
+            bar.close()
+        row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, val_loader, precision, spec.gap_widths)}
+        scheduler.step(row["val_loss"])
+        row.update(lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - began, workers=world,
+                   start_epoch=start, portions_per_second=len(train_set) / train_seconds)
+        history.append(row)
+        if best_weights is None or row["val_loss"] <= min(r["val_loss"] for r in history):
+            best_weights = _cpu_copy(model)
+        if rank == 0 and spec.progress:
+            print(_summary(row, spec.epochs), flush=True)
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                torch.save({"model": _cpu_copy(model), "best_model": best_weights, "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "scaler": precision.scaler.state_dict(),
+                            "history": history}, Path(folder) / STATE_FILE)
+            session.report(row, folder if rank == 0 else None)
+        if spec.fail_once_after_epoch == epoch and start == 0:
+            raise RuntimeError(f"injected failure after epoch {epoch} (fail_once_after_epoch)")
+
+
+def _summary(row: dict, epochs: int) -> str:
+    widths = " ".join(f"w{k[9:]}={v:.3f}" for k, v in row.items() if k.startswith("val_pcc_w") and v is not None)
+    return (f"epoch {row['epoch'] + 1}/{epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+            f"in-gap PCC {widths}, {row['portions_per_second']:.1f} portions/s")
+
+
+class _InProcess:
+    """Stands in for Ray Train when the loop runs in this process alone (``workers=0``)."""
+
+    def __init__(self, spec: TrainSpec):
+        self.spec = spec
+        self.location = resolve(spec.checkpoints, spec.storage_options) if spec.checkpoints else None
+
+    def device(self, gpu: bool) -> torch.device:
+        if gpu and not torch.cuda.is_available():
+            raise InputError("--gpu was given but torch sees no CUDA device.")
+        return torch.device("cuda" if gpu else "cpu")
+
+    def prepare_model(self, model):
+        return model
+
+    def prepare_data_loader(self, loader):
+        return loader
+
+    @contextlib.contextmanager
+    def checkpoint(self):
+        with local_checkpoint(latest_checkpoint(self.location) if self.location else None) as folder:
+            yield folder
+
+    def report(self, metrics: dict, folder: str | None) -> None:
+        if folder is not None and self.location is not None:
+            save_checkpoint(self.location, folder, metrics["epoch"])
+        record_epoch(self.spec.out, metrics)
+
+    def progress(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="portion", leave=False)
+
+
+class _RayTrain:
+    """Inside a Ray Train worker: the only lines of the training loop that touch Ray."""
+
+    def device(self, gpu: bool) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # to the device, DDP when world > 1
+
+    def prepare_data_loader(self, loader):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_data_loader(loader)  # keeps our DistributedSampler
+
+    @contextlib.contextmanager
+    def checkpoint(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()  # latest one of this run (after a restart or a rerun)
+        if checkpoint is None:
+            yield None
+        else:
+            with checkpoint.as_directory() as folder:
+                yield folder
+
+    def report(self, metrics: dict, folder: str | None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=None if folder is None else ray.train.Checkpoint.from_directory(folder))
+
+    def progress(self, total: int, desc: str):
+        from ray.experimental.tqdm_ray import tqdm
+
+        return tqdm(total=total, desc=desc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of in-process runs, logs
+# ---------------------------------------------------------------------------------------------
+
+_CHECKPOINT_NAME = re.compile(r"checkpoint_(\d{6})$")
+
+
+def save_checkpoint(location: Location, folder: str, epoch: int, *, keep: int = 2) -> None:
+    """Copy ``folder`` to ``location/checkpoint_<epoch>`` (via a temporary name); keep the newest."""
+    fs, root = filesystem(location)
+    final, partial = f"{root}/checkpoint_{epoch:06d}", f"{root}/.partial_{epoch:06d}"
+    with_retries(lambda: fs.put(str(folder).rstrip("/") + "/", partial + "/", recursive=True))
+    if with_retries(lambda: fs.exists(final)):
+        with_retries(lambda: fs.rm(final, recursive=True))
+    with_retries(lambda: fs.mv(partial, final, recursive=True))
+    for old in _checkpoints(location)[:-keep]:
+        with_retries(lambda: fs.rm(old, recursive=True))
+
+
+def _checkpoints(location: Location) -> list[str]:
+    fs, root = filesystem(location)
+    fs.invalidate_cache()
+    if not with_retries(lambda: fs.exists(root)):
+        return []
+    paths = with_retries(lambda: fs.ls(root, detail=False))
+    return sorted(p.rstrip("/") for p in paths if _CHECKPOINT_NAME.search(p.rstrip("/")))
+
+
+def latest_checkpoint(location: Location) -> Location | None:
+    """The newest ``checkpoint_<epoch>`` of an in-process run, or None."""
+    found = _checkpoints(location)
+    if not found:
+        return None
+    return location.child(found[-1].rsplit("/", 1)[-1])
+
+
+@contextlib.contextmanager
+def local_checkpoint(location: Location | None):
+    """A local folder holding the checkpoint at ``location`` (downloaded if remote), or None."""
+    if location is None:
+        yield None
+    elif not location.is_remote:
+        yield location.url
+    else:
+        fs, path = filesystem(location)
+        with tempfile.TemporaryDirectory() as folder:
+            with_retries(lambda: fs.get(path.rstrip("/") + "/", folder + "/", recursive=True))
+            yield folder
+
+
+def read_history(out: str | Path) -> list[dict]:
+    """The rows of ``metrics.jsonl`` in a model directory (one per epoch)."""
+    path = Path(out) / METRICS_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def record_epoch(out: str | Path, row: dict) -> None:
+    """Add an epoch's metrics to ``metrics.jsonl`` (replacing any rows from it on) and redraw the curves."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in read_history(out) if r["epoch"] < row["epoch"]] + [dict(row)]
+    temporary = out / f".{METRICS_LOG}.tmp"
+    temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    temporary.replace(out / METRICS_LOG)
+    plot_history(rows, out / LOSS_CURVE)
+
+
+def plot_history(rows: list[dict], path: Path) -> None:
+    """Loss curves (train, validation) and in-gap PCC per gap width against epoch, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] + 1 for r in rows]
+    figure = Figure(figsize=(9, 3.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    losses, pccs = figure.subplots(1, 2)
+    for key, label in (("train_loss", "training"), ("val_loss", "validation")):
+        losses.plot(epochs, [r[key] for r in rows], marker="o", label=label)
+    losses.set(xlabel="epoch", ylabel="loss (MAE + 1 - SSIM + gradient MAE)", yscale="log")
+    losses.legend()
+    for key in sorted((k for k in rows[-1] if k.startswith("val_pcc_w")), key=lambda k: int(k[9:])):
+        pccs.plot(epochs, [np.nan if r.get(key) is None else r[key] for r in rows], marker="o",
+                  label=f"gap width {key[9:]}")
+    pccs.set(xlabel="epoch", ylabel="in-gap PCC of log intensity")
+    pccs.legend()
+    for axes in (losses, pccs):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=100)
+    temporary.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drivers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    out: str
+    epochs: int
+    best_epoch: int
+    best: dict
+    resumed: bool
+    checkpoints: str
+    history: list = field(default_factory=list)
+
+
+def run_name(out: str | Path) -> str:
+    """Ray Train run name of a model directory: readable and unique per absolute path."""
+    out = Path(out).resolve()
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", out.name)[:40] or "model"
+    return f"rayproc-{slug}-{hashlib.sha1(str(out).encode()).hexdigest()[:8]}"
+
+
+def split_volumes(volumes: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out ``fraction`` of the volumes (at least one) for validation; none if only one."""
+    if len(volumes) < 2:
+        return list(volumes), []
+    n_val = min(len(volumes) - 1, max(1, round(fraction * len(volumes))))
+    held = set(np.random.default_rng([seed, 2]).permutation(len(volumes))[:n_val].tolist())
+    return [v for i, v in enumerate(volumes) if i not in held], [v for i, v in enumerate(volumes) if i in held]
+
+
+def _check_spec(spec: TrainSpec) -> None:
+    config = BcdiNetConfig.from_dict(spec.arch)
+    factor = 2 ** config.depth
+    problems = []
+    if spec.epochs < 1 or spec.batch_size < 1 or spec.portions_per_volume < 1:
+        problems.append(f"epochs, batch size and portions per volume must be >= 1 (got {spec.epochs}, "
+                        f"{spec.batch_size}, {spec.portions_per_volume})")
+    if spec.patch_size % factor or spec.patch_size < 8:
+        problems.append(f"patch size {spec.patch_size} must be >= 8 and a multiple of {factor} for depth {config.depth}")
+    if not spec.gap_widths or not all(1 <= w < spec.patch_size for w in spec.gap_widths):
+        problems.append(f"gap widths {spec.gap_widths} must lie in [1, {spec.patch_size})")
+    small = [VolumeRef.from_dict(v) for v in (*spec.volumes, *spec.val_volumes)]
+    small = [str(v) for v in small if min(v.shape) < spec.patch_size]
+    if small:
+        problems.append(f"{small[0]} is smaller than a {spec.patch_size}^3 portion")
+    if problems:
+        raise InputError("; ".join(problems) + ".")
+
+
+def _claim_run(run: Location, spec: TrainSpec, in_process: bool) -> bool:
+    """Record what the run at ``run`` trains; True if it exists already with the same parameters."""
+    fs, path = filesystem(run)
+    record = {k: v for k, v in spec.to_dict().items() if k not in _RESUMABLE_CHANGES}
+    record["in_process"] = in_process
+    file = f"{path.rstrip('/')}/{RUN_FILE}"
+    if with_retries(lambda: fs.exists(file)):
+        old = json.loads(with_retries(lambda: fs.cat_file(file)))
+        if old != record:
+            changed = sorted(k for k in {*old, *record} if old.get(k) != record.get(k))
+            raise RayprocError(
+                f"{run.url} holds a run with other parameters ({', '.join(changed)} differ); "
+                "rerun with the same ones to resume, or choose another --out or --storage."
+            )
+        return True
+    if not run.is_remote:
+        fs.makedirs(path, exist_ok=True)
+    with_retries(lambda: fs.pipe_file(file, json.dumps(record, indent=2).encode()))
+    return False
+
+
+def _ray_storage(location: Location):
+    """``(storage_path, storage_filesystem)`` for Ray Train's RunConfig."""
+    if not location.is_remote:
+        return location.url, None
+    import pyarrow.fs
+
+    fs, path = filesystem(location)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def _epoch_log_callback(out: str):
+    """A Ray Train callback, run by the controller on the driver's node, that logs each epoch."""
+    from ray.train import UserCallback
+
+    class EpochLog(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            record_epoch(out, metrics[0])  # rank 0's row
+
+    return EpochLog()
+
+
+def _run(spec: TrainSpec, *, workers: int, storage: str | None, max_failures: int, address: str | None,
+         cpus: int | None, command: str | None, stage: dict) -> TrainReport:
+    """Train ``spec`` (resuming its run if any) and export the best epoch to ``spec.out``."""
+    _check_spec(spec)
+    if workers < 0:
+        raise InputError(f"--workers must be >= 0; got {workers}.")
+    root = resolve(storage or str(Path(spec.out) / "checkpoints"), spec.storage_options)
+    run = root.child(run_name(spec.out))
+    if workers == 0:
+        resumed = _start_run(run, spec, in_process=True)
+        train_loop(dataclasses.replace(spec, checkpoints=run.url).to_dict())
+        with local_checkpoint(latest_checkpoint(run)) as folder:
+            return _export(spec, folder, command, stage, resumed, run.url)
+    with ray_session(address, cpus=cpus, workers=math.ceil(workers * spec.cpus_per_worker)):
+        _check_resources(spec, workers)
+        resumed = _start_run(run, spec, in_process=False)
+        result = _fit(spec, workers, run, root, max_failures)
+        with result.checkpoint.as_directory() as folder:
+            return _export(spec, folder, command, stage, resumed, run.url)
+
+
+def _start_run(run: Location, spec: TrainSpec, *, in_process: bool) -> bool:
+    """Claim the run (True: resuming it); a new run starts with fresh logs."""
+    resumed = _claim_run(run, spec, in_process)
+    if not resumed:
+        for name in (METRICS_LOG, LOSS_CURVE):
+            (Path(spec.out) / name).unlink(missing_ok=True)
+    return resumed
+
+
+def _worker_resources(spec: TrainSpec) -> dict:
+    return {"CPU": spec.cpus_per_worker, **({"GPU": 1} if spec.gpu else {})}
+
+
+def _check_resources(spec: TrainSpec, workers: int) -> None:
+    """Refuse a worker group the Ray cluster cannot hold (Ray would wait for it forever)."""
+    import ray
+
+    available = ray.cluster_resources()
+    short = {k: v * workers for k, v in _worker_resources(spec).items() if v * workers > available.get(k, 0)}
+    if short:
+        have = {k: available.get(k, 0) for k in short}
+        raise RayprocError(f"{workers} training worker(s) need {short} but the Ray cluster has {have}; "
+                           "use fewer --workers or another cluster.")
+
+
+def _fit(spec: TrainSpec, workers: int, run: Location, root: Location, max_failures: int):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    storage_path, storage_filesystem = _ray_storage(root)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=dataclasses.replace(spec, ray_train=True).to_dict(),
+        torch_config=TorchConfig(backend="nccl" if spec.gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=spec.gpu,
+                                               resources_per_worker=_worker_resources(spec)),
+        run_config=ray.train.RunConfig(
+            name=run_name(spec.out),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[_epoch_log_callback(spec.out)],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise RayprocError(
+            f"training failed (after {max_failures} restart(s) from the last checkpoint): "
+            f"{lines[-1] if lines else type(exc).__name__}; rerun the same command to resume"
+        ) from exc
+    if result.checkpoint is None:
+        raise RayprocError(f"training at {run.url} reported no checkpoint.")
+    return result
+
+
+def _export(spec: TrainSpec, folder: str | None, command: str | None, stage: dict, resumed: bool,
+            checkpoints: str) -> TrainReport:
+    """Write the best epoch of the checkpoint in ``folder`` as the model directory ``spec.out``."""
+    if folder is None:
+        raise RayprocError(f"no checkpoint found in {checkpoints}.")
+    saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    history = list(saved["history"])
+    best = min(history, key=lambda r: r["val_loss"])
+    model = build_bcdi_net(spec.arch)
+    model.load_state_dict(saved["best_model"])
+    parameters = {k: v for k, v in spec.to_dict().items()
+                  if k not in ("ray_train", "checkpoints", "progress", "fail_once_after_epoch")}
+    prov = {**provenance(command or command_line(), redacted(parameters), seed=spec.seed), **stage,
+            "checkpoints": checkpoints}
+    metrics = {"best_epoch": best["epoch"], "epochs": len(history), "best": best, "final": history[-1]}
+    save_model(spec.out, model, BcdiNetConfig.from_dict(spec.arch), family="bcdi", metrics=metrics,
+               provenance=prov, normalisation=NORMALISATION, gap_widths=spec.gap_widths,
+               patch_size=spec.patch_size)
+    return TrainReport(spec.out, len(history), best["epoch"], best, resumed, checkpoints, history)
+
+
+def train_bcdi(
+    data,
+    out: str,
+    *,
+    workers: int = 1,
+    gpu: bool = False,
+    epochs: int = 10,
+    storage: str | None = None,
+    arch: str = "gapnet",
+    base_channels: int | None = None,
+    depth: int | None = None,
+    portions_per_volume: int = 64,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+    patch_size: int = 32,
+    gap_widths=GAP_WIDTHS,
+    val_fraction: float = 0.1,
+    cpus_per_worker: float = 1.0,
+    loader_workers: int = 0,
+    max_failures: int = 3,
+    address: str | None = None,
+    cpus: int | None = None,
+    storage_options: dict | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    fail_once_after_epoch: int | None = None,
+) -> TrainReport:
+    """Train a BCDI inpainting network on the volumes of zarr stores ``data``; write it to ``out``.
+
+    Parameters
+    ----------
+    data : list of str
+        Stores from ``rayproc bcdi simulate`` (one volume per sample) or ``rayproc ingest``.
+    out : str
+        Model directory (local). It also receives ``metrics.jsonl`` and ``loss_curve.png``.
+    workers : int, optional
+        Data-parallel Ray Train workers; 0 trains in this process without Ray.
+    gpu : bool, optional
+        One GPU per worker, NCCL and mixed precision (bf16, or fp16 with loss scaling).
+    epochs : int, optional
+        Total epochs; a rerun with more epochs continues the same run.
+    storage : str, optional
+        Checkpoint storage (local folder or ``s3://``); default ``out/checkpoints``.
+    arch, base_channels, depth : optional
+        Network (see :class:`rayproc.models.bcdi_unet.BcdiNetConfig`).
+    portions_per_volume : int, optional
+        Training portions drawn from each volume per epoch (fresh draws every epoch).
+    batch_size, lr, seed : optional
+        Per-worker batch size, Adam learning rate, master seed.
+    patch_size : int, optional
+        Portion edge (32 in [1]_).
+    gap_widths : sequence of int, optional
+        Artificial gap widths (3, 6, 9, 12 in [1]_).
+    val_fraction : float, optional
+        Volumes held out for validation (at least one when there are several); with a single
+        volume, validation uses a separate draw of ``ceil(val_fraction K)`` portions.
+    cpus_per_worker : float, optional
+        Ray CPUs per worker, also its torch thread count.
+    loader_workers : int, optional
+        DataLoader worker processes per training worker (each with its own volume cache).
+    max_failures : int, optional
+        Restarts from the last checkpoint after a worker failure.
+    address, cpus : optional
+        Ray cluster to join, or CPUs for an embedded Ray.
+    storage_options : dict, optional
+        fsspec options for ``s3://`` data and storage.
+    progress : bool, optional
+        Progress bar and per-epoch summary lines.
+    command : str, optional
+        Command line recorded in the provenance (default: this process's).
+    fail_once_after_epoch : int, optional
+        Testing hook: a worker fails once after checkpointing this epoch.
+
+    Returns
+    -------
+    TrainReport
+    """
+    storage_options = dict(storage_options or {})
+    volumes = list_volumes(data, storage_options)
+    train, val = split_volumes(volumes, val_fraction, seed)
+    spec = TrainSpec(
+        volumes=tuple(v.to_dict() for v in train),
+        val_volumes=tuple(v.to_dict() for v in val),
+        out=str(Path(out).resolve()),
+        arch=BcdiNetConfig(arch, base_channels=base_channels, depth=depth).to_dict(),
+        patch_size=patch_size,
+        portions_per_volume=portions_per_volume,
+        val_portions_per_volume=portions_per_volume if val else max(1, math.ceil(val_fraction * portions_per_volume)),
+        gap_widths=tuple(int(w) for w in gap_widths),
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, gpu=gpu,
+        cpus_per_worker=cpus_per_worker, loader_workers=loader_workers,
+        storage_options=storage_options, progress=progress, fail_once_after_epoch=fail_once_after_epoch,
+    )
+    return _run(spec, workers=workers, storage=storage, max_failures=max_failures, address=address, cpus=cpus,
+                command=command, stage={"stage": "trained"})
+
+
+def finetune_bcdi(
+    model_dir: str,
+    volume: str,
+    out: str,
+    *,
+    mask: str | None = None,
+    gaps=(),
+    epochs: int = 3,
+    portions_per_volume: int = 64,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    workers: int = 1,
+    gpu: bool = False,
+    storage: str | None = None,
+    cpus_per_worker: float = 1.0,
+    max_failures: int = 3,
+    address: str | None = None,
+    cpus: int | None = None,
+    storage_options: dict | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> TrainReport:
+    """Fine-tune a model on its target volume, away from the target's real gaps ([1]_, Section 5).
+
+    Portions are drawn only where they touch no real gap (``mask`` file, nonzero = gap, and/or
+    ``gaps`` as ``AXIS:START:WIDTH``); artificial gaps are imposed there and the model learns to
+    fill them, starting from ``model_dir``'s weights with the same architecture, patch size
+    and gap widths. Validation is a separate draw of such portions. The result records
+    ``"stage": "fine-tuned on target"`` and the base model in its provenance.
+    """
+    from rayproc.models.artifact import read_model_info
+
+    load_model(model_dir)  # refuse a tampered or unreadable base model here, not in the workers
+    info = read_model_info(model_dir)
+    if info.family != "bcdi":
+        raise InputError(f"{model_dir} is a {info.family!r} model; fine-tuning needs a 'bcdi' one.")
+    if mask is None and not gaps:
+        raise InputError("fine-tuning needs the target's gaps: give --mask FILE or --gap AXIS:START:WIDTH.")
+    storage_options = dict(storage_options or {})
+    volumes = list_volumes([volume], storage_options)
+    if len(volumes) != 1:
+        raise InputError(f"{volume} holds {len(volumes)} volumes; fine-tuning needs one target volume.")
+    spec = TrainSpec(
+        volumes=(volumes[0].to_dict(),),
+        out=str(Path(out).resolve()),
+        arch=dict(info.architecture),
+        patch_size=info.patch_size or 32,
+        portions_per_volume=portions_per_volume,
+        val_portions_per_volume=max(1, math.ceil(val_fraction * portions_per_volume)),
+        gap_widths=tuple(info.gap_widths or GAP_WIDTHS),
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, gpu=gpu, cpus_per_worker=cpus_per_worker,
+        init_model=str(Path(model_dir).resolve()),
+        exclude_mask=None if mask is None else str(Path(mask).resolve()),
+        exclude_gaps=tuple(gaps),
+        storage_options=storage_options, progress=progress,
+    )
+    _check_spec(spec)
+    for dataset in datasets_for(spec):
+        dataset.plan(0)  # enough portions away from the gaps? (raises a clear error here if not)
+    stage = {"stage": "fine-tuned on target",
+             "base_model": {"path": str(Path(model_dir).resolve()), "sha256": info.sha256,
+                            "provenance": info.provenance}}
+    return _run(spec, workers=workers, storage=storage, max_failures=max_failures, address=address, cpus=cpus,
+                command=command, stage=stage)
+
+
+__all__ = [
+    "GAP_WIDTHS",
+    "NORMALISATION",
+    "Precision",
+    "TrainReport",
+    "TrainSpec",
+    "datasets_for",
+    "evaluate",
+    "exclusion_mask",
+    "finetune_bcdi",
+    "latest_checkpoint",
+    "plot_history",
+    "read_history",
+    "record_epoch",
+    "run_name",
+    "split_volumes",
+    "train_bcdi",
+    "train_loop",
+    "train_one_epoch",
+]
