@@ -590,7 +590,7 @@ def _run(spec: TrainSpec, *, workers: int, storage: str | None, max_failures: in
         train_loop(dataclasses.replace(spec, checkpoints=run.url).to_dict())
         with local_checkpoint(latest_checkpoint(run)) as folder:
             return _export(spec, folder, command, stage, resumed, run.url)
-    with ray_session(address, cpus=cpus, workers=math.ceil(workers * spec.cpus_per_worker)):
+    with ray_session(address, cpus=cpus, workers=math.ceil(workers * spec.cpus_per_worker), dashboard=True):
         _check_resources(spec, workers)
         resumed = _start_run(run, spec, in_process=False)
         result = _fit(spec, workers, run, root, max_failures)

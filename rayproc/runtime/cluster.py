@@ -10,13 +10,13 @@ import socket
 from rayproc.errors import RayprocError
 
 
-def _start(address: str | None, cpus: int | None, workers: int) -> bool:
+def _start(address: str | None, cpus: int | None, workers: int, dashboard: bool) -> bool:
     import ray
 
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    kwargs = dict(include_dashboard=dashboard, logging_level=logging.WARNING, log_to_driver=True)
     if address:
         _check_reachable(address)
         try:
@@ -46,13 +46,15 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, *, cpus: int | None = None, workers: int = 1):
+def ray_session(address: str | None = None, *, cpus: int | None = None, workers: int = 1, dashboard: bool = False):
     """Use Ray inside the block: join ``address``/``RAY_ADDRESS``, or start an embedded Ray.
+
+    ``dashboard`` starts the embedded Ray's dashboard (Ray Train's controller queries it).
 
     A Ray already initialised by the caller (tests, notebooks, ``ray job submit``) is reused and
     left running; one started here is shut down on exit.
     """
-    started = _start(address, cpus, workers)
+    started = _start(address, cpus, workers, dashboard)
     try:
         yield
     finally:
