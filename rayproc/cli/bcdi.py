@@ -172,10 +172,12 @@ def inpaint(
     model: InpaintModel = None,
     stride: Stride = DEFAULT_STRIDE,
     blend: Blend = DEFAULT_BLEND,
-    chunk: Annotated[int, typer.Option("--chunk", min=1, help="Output chunk edge: the unit of work of an actor.")] = DEFAULT_CHUNK,
+    chunk: Annotated[int, typer.Option(
+        "--chunk", min=1, help="Output chunk edge: the unit of work of an actor.")] = DEFAULT_CHUNK,
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
     gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per actor.")] = False,
-    cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", help="Ray CPUs (and torch threads) per actor.")] = 1.0,
+    cpus_per_worker: Annotated[float, typer.Option(
+        "--cpus-per-worker", help="Ray CPUs (and torch threads) per actor.")] = 1.0,
     workers: Workers = 2,
     cpus: Cpus = None,
     address: Address = None,

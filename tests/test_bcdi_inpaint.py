@@ -1,0 +1,267 @@
+"""BCDI gap inpainting: the portion predictor, the stitcher, and the distributed pipeline."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from rayproc import storage
+from rayproc.bcdi.gaps import gaps_to_mask
+from rayproc.bcdi.inpaint import inpaint_volume, plan_windows, predict_portions
+from rayproc.cli import main as cli_main
+from rayproc.errors import InputError
+from rayproc.models.artifact import save_model
+from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
+from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
+from rayproc.pipelines.bcdi_inpaint import inpaint_bcdi
+from rayproc.stitching import importance_map
+
+SIZE = 48
+CROSS = ["x:21:6", "y:20:6"]
+CONFIG = BcdiNetConfig(arch="gapnet", base_channels=4, depth=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Actors run torch on one thread; so does the single-process reference (bit-identical)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def net():
+    """A tiny gapnet whose output depends on its input (random head, unlike a fresh network)."""
+    torch.manual_seed(0)
+    model = build_bcdi_net(CONFIG).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return simulate_bcdi_sample(SIZE, 0, 2)[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, net, volume):
+    root = tmp_path_factory.mktemp("inpaint")
+    np.save(root / "volume.npy", volume)
+    save_model(root / "model", net, CONFIG, patch_size=32)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(net, volume):
+    """Single-process result for the cross at stride 8 (many overlapping portions)."""
+    mask = gaps_to_mask(CROSS, volume.shape)
+    return mask, *inpaint_volume(volume, mask, net, stride=8)
+
+
+# ---------------------------------------------------------------- pure core
+
+
+def test_predictor_is_batch_invariant_and_keeps_the_count_scale(net, volume):
+    mask = gaps_to_mask(["x:14:4"], (32, 32, 32))
+    portions = np.stack([volume[:32, :32, :32], volume[8:40, 8:40, 8:40], 3 * volume[16:, 16:, 16:]])
+    masks = np.broadcast_to(mask, portions.shape)
+    together = predict_portions(net, portions, masks, batch_size=4)
+    alone = np.concatenate([predict_portions(net, p[None], m[None], batch_size=4) for p, m in zip(portions, masks)])
+    assert together.dtype == np.float32 and np.array_equal(together, alone)
+    # gapnet passes measured voxels through: they come back on the count scale of each portion
+    np.testing.assert_allclose(together[:, ~mask], portions[:, ~mask], rtol=1e-4, atol=1e-3)
+    # in the gap, predictions stay within each portion's measured log range
+    for p, predicted in zip(portions, together):
+        assert p[~mask].min() - 1e-3 <= predicted[mask].min() and predicted[mask].max() <= p[~mask].max() * 1.0001
+
+
+def test_stitching_equals_a_brute_force_blend(net, volume):
+    mask = gaps_to_mask(CROSS, volume.shape)
+    mask[5, 5, 40] = mask[30, 10, 7] = True  # dead pixels far from the cross
+    origins = plan_windows(mask, stride=8)
+    windows = [tuple(slice(o, o + 32) for o in origin) for origin in origins]
+    values = predict_portions(net, np.stack([volume[w] for w in windows]), np.stack([mask[w] for w in windows]))
+    for blend in ("mean", "gaussian"):
+        intensity, uncertainty = inpaint_volume(volume, mask, net, stride=8, blend=blend)
+        weights = importance_map((32,) * 3, blend).astype(np.float64)
+        total, weight_sum, square = (np.zeros(volume.shape) for _ in range(3))
+        for window, value in zip(windows, values.astype(np.float64)):
+            total[window] += weights * value
+            square[window] += weights * value**2
+            weight_sum[window] += weights
+        assert (weight_sum[mask] > 0).all()  # every missing voxel is covered
+        mean = total[mask] / weight_sum[mask]
+        spread = np.sqrt(np.maximum(square[mask] / weight_sum[mask] - mean**2, 0))
+        np.testing.assert_allclose(intensity[mask], mean, rtol=2e-6)
+        np.testing.assert_allclose(uncertainty[mask], spread, rtol=1e-3, atol=1e-3 * mean.max())
+        assert np.array_equal(intensity[~mask], volume[~mask]) and (uncertainty[~mask] == 0).all()
+        assert (intensity[mask] >= 0).all() and uncertainty[mask].max() > 0
+
+
+def test_arbitrary_mask_with_nan_in_the_gap(net, volume):
+    rng = np.random.default_rng(1)
+    mask = gaps_to_mask(["z:30:3"], volume.shape) | (rng.random(volume.shape) < 0.002)
+    gapped = np.where(mask, np.nan, volume).astype(np.float32)  # gap values are never read
+    intensity, uncertainty = inpaint_volume(gapped, mask, net, stride=16)
+    assert np.isfinite(intensity).all() and np.array_equal(intensity[~mask], volume[~mask])
+    np.testing.assert_array_equal(intensity, inpaint_volume(volume, mask, net, stride=16)[0])
+
+
+def test_core_rejects_bad_input(net, volume):
+    mask = gaps_to_mask(CROSS, volume.shape)
+    with pytest.raises(InputError, match="NaN/Inf value"):
+        inpaint_volume(np.where(mask, 0, np.nan), mask, net)
+    with pytest.raises(InputError, match="does not match"):
+        inpaint_volume(volume, mask[:-1], net)
+    with pytest.raises(InputError, match="too wide"):
+        plan_windows(gaps_to_mask(["x:4:40"], volume.shape), stride=1)
+    with pytest.raises(InputError, match="at least 32"):
+        plan_windows(np.zeros((16, 48, 48), bool))
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def open_out(url, options=None):
+    return storage.open_dataset(storage.resolve(url, options))
+
+
+def test_chunks_with_halo_on_actors_equal_the_single_process_run(ray_local, files, net, volume, reference):
+    mask, intensity, uncertainty = reference
+    url = str(files / "out.zarr")
+    report = inpaint_bcdi(str(files / "volume.npy"), url, gaps=CROSS, model=net, stride=8, chunk=24, workers=2,
+                          progress=False)
+    assert (report.tasks, report.computed, report.windows) == (8, 8, len(plan_windows(mask, stride=8)))
+    ds = open_out(url)
+    assert ds.intensity.dims == ("z", "y", "x") and ds.intensity.encoding["chunks"] == (24, 24, 24)
+    np.testing.assert_array_equal(ds.intensity.values, intensity)
+    np.testing.assert_array_equal(ds.uncertainty.values, uncertainty)
+    np.testing.assert_array_equal(ds.mask.values, mask)
+    assert np.array_equal(ds.intensity.values[~mask], volume[~mask])  # measured voxels untouched
+    params = ds.attrs["provenance"]["parameters"]
+    assert params["gaps"] == CROSS and params["stride"] == 8 and params["blend"] == "gaussian"
+    assert len(params["model"]["sha256"]) == 64 and params["model"]["architecture"]["base_channels"] == 4
+    again = inpaint_bcdi(str(files / "volume.npy"), url, gaps=CROSS, model=net, stride=8, chunk=24, progress=False)
+    assert again.status == "complete" and again.computed == 0
+
+
+def test_batch_store_with_per_sample_masks(ray_local, files, net, volume):
+    stack = np.stack([volume[:, :40], 2 * volume[:, 8:]])  # two (48, 40, 48) volumes
+    masks = np.zeros(stack.shape, bool)
+    masks[0, :, 10:14] = True  # a plane gap in sample 0, dead pixels in sample 1
+    masks[1][np.random.default_rng(2).random(masks.shape[1:]) < 0.001] = True
+    ds = xr.Dataset({"intensity": (("sample", "z", "y", "x"), stack, {"units": "photons"}),
+                     "mask": (("sample", "z", "y", "x"), masks)},
+                    coords={"sample": ("sample", [10, 11]), "z": ("z", np.arange(48) * 0.01, {"units": "deg"})})
+    src = str(files / "batch.zarr")
+    storage.write_dataset(src, ds, chunks={"intensity": {"sample": 1}, "mask": {"sample": 1}})
+    url = str(files / "batch-out.zarr")
+    report = inpaint_bcdi(src, url, gaps=["x:30:4"], model=net, stride=16, chunk=24, workers=2, progress=False)
+    assert report.samples == 2 and report.tasks == 2 * 2 * 2 * 2
+    out = open_out(url)
+    assert out.intensity.dims == ("sample", "z", "y", "x") and out.intensity.attrs["units"] == "photons"
+    assert out.sample.values.tolist() == [10, 11] and out.z.attrs["units"] == "deg"
+    for s in range(2):
+        mask = masks[s] | gaps_to_mask(["x:30:4"], stack.shape[1:])
+        expected, _ = inpaint_volume(stack[s], mask, net, stride=16)
+        np.testing.assert_array_equal(out.intensity.values[s], expected)
+        np.testing.assert_array_equal(out.mask.values[s], mask)
+
+
+def test_s3_input_and_output(ray_local, s3_bucket, net, volume, reference):
+    mask, intensity, _ = reference
+    bucket, options = s3_bucket
+    storage.write_dataset(storage.resolve(f"{bucket}/in.zarr", options),
+                          xr.Dataset({"intensity": (("z", "y", "x"), volume), "mask": (("z", "y", "x"), mask)}))
+    inpaint_bcdi(f"{bucket}/in.zarr", f"{bucket}/out.zarr", model=net, stride=8, chunk=24, workers=2,
+                 storage_options=options, progress=False)
+    np.testing.assert_array_equal(open_out(f"{bucket}/out.zarr", options).intensity.values, intensity)
+
+
+def test_killed_actor_job_still_completes_identically(ray_local, files, net, reference):
+    import ray
+
+    _, intensity, uncertainty = reference
+
+    def kill_first(actors):
+        ray.get(actors[0].pid.remote())  # up, then killed (restartable)
+        ray.kill(actors[0], no_restart=False)
+
+    url = str(files / "killed.zarr")
+    inpaint_bcdi(str(files / "volume.npy"), url, gaps=CROSS, model=net, stride=8, chunk=24, workers=2,
+                 progress=False, on_start=kill_first)
+    ds = open_out(url)
+    np.testing.assert_array_equal(ds.intensity.values, intensity)
+    np.testing.assert_array_equal(ds.uncertainty.values, uncertainty)
+
+
+def test_interrupted_run_resumes_only_missing_chunks(ray_local, files, net, volume):
+    url = str(files / "resume.zarr")
+    args = [str(files / "volume.npy"), url, "--gap", CROSS[0], "--gap", CROSS[1], "--model", str(files / "model"),
+            "--chunk", "16"]  # 27 chunks, default stride and blend
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rayproc", "bcdi", "inpaint", *args, "--workers", "1",
+                             "--cpus", "1", "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    progress = os.path.join(url, "_progress")
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(progress) and len(os.listdir(progress)) >= 4:  # the mask and 3 chunks
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    done_before = {t for t in storage.done_tasks(url) if "chunk" in t}
+    if len(done_before) == 27:
+        pytest.skip("the interrupted run finished before it could be interrupted")
+    assert not storage.is_complete(url)
+    report = inpaint_bcdi(args[0], url, gaps=CROSS, model=str(files / "model"), chunk=16, workers=2,
+                          progress=False, command="resume")
+    assert report.status == "resumed" and report.computed == 27 - len(done_before)
+    expected, _ = inpaint_volume(volume, gaps_to_mask(CROSS, volume.shape), net)
+    np.testing.assert_array_equal(open_out(url).intensity.values, expected)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("nan", "NaN/Inf value"),
+        ("negative", "negative counts"),
+        ("mask-shape", "does not match"),
+        ("gap-outside", "outside the volume"),
+        ("2d", "must be 3D"),
+        ("no-gap", "nothing to inpaint"),
+        ("bad-blend", "Unsupported blend"),
+    ],
+)
+def test_bad_input_one_line_error_and_no_output(files, volume, tmp_path, capsys, case, message):
+    src, extra = tmp_path / "in.npy", []
+    bad = volume.copy()
+    if case == "nan":
+        bad[0, 0, 0] = np.nan  # outside the gap
+    elif case == "negative":
+        bad[1, 2, 3] = -5
+    elif case == "2d":
+        bad = volume[0]
+    np.save(src, bad)
+    gaps = [] if case == "no-gap" else ["--gap", "x:45:6" if case == "gap-outside" else CROSS[0]]
+    if case == "mask-shape":
+        np.save(tmp_path / "mask.npy", np.ones((SIZE, SIZE, 10), bool))
+        extra = ["--mask", str(tmp_path / "mask.npy")]
+    if case == "bad-blend":
+        extra = ["--blend", "gauss"]
+    out = tmp_path / "out.zarr"
+    code = cli_main(["bcdi", "inpaint", str(src), str(out), *gaps, *extra, "--model", str(files / "model")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("rayproc: error:") and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
