@@ -10,10 +10,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned and installed first: the CPU wheel is cached locally, an unpinned torch pulls CUDA.
-$(STAMP): $(PY) pyproject.toml
+# constraints.txt pins every dependency to the versions tested (regenerate with pip freeze).
+$(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)
