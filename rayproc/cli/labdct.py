@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from rayproc.cli._common import Address, Cpus, Overwrite, Progress, StorageOptions, Workers
+from rayproc.cli.bcdi import CheckpointStorage, Gpu, ModelOut, TrainWorkers
 
 app = typer.Typer(help="LabDCT: simulate projections, build training data, denoise and segment spots.",
                   no_args_is_help=True)
@@ -43,3 +44,215 @@ def simulate(
     else:
         typer.echo(f"{report.url}: {report.projections} projections ({report.computed} computed now), "
                    f"{report.spots} spots")
+
+
+@app.command()
+def background(
+    frames: Annotated[str, typer.Argument(help="Real frames: TIFF folder, stack file or zarr store.")],
+    out: Annotated[str, typer.Argument(help="Output zarr store (path or s3:// URL).")],
+    rolling: Annotated[int, typer.Option("--rolling", min=1, help="Frames in the rolling median.")] = 11,
+    beamstop_from: Annotated[Optional[str], typer.Option(
+        "--beamstop-from", help="geometry.json whose beam stop is kept as measured.")] = None,
+    storage_option: StorageOptions = None,
+    overwrite: Overwrite = False,
+):
+    """Extract background images (spots masked and filled, rolling median, max 1) from real frames."""
+    from rayproc.pipelines.labdct_background import extract_background_store
+    from rayproc.storage import parse_storage_options
+
+    report = extract_background_store(frames, out, rolling=rolling, beamstop_from=beamstop_from,
+                                      storage_options=parse_storage_options(storage_option), overwrite=overwrite)
+    typer.echo(f"{report.url}: background {report.frames} x {report.shape[0]} x {report.shape[1]} "
+               f"({report.masked_fraction:.1%} of pixels masked as spots, {report.seconds:.1f} s)")
+
+
+@app.command()
+def synth(
+    sim: Annotated[str, typer.Argument(help="Simulated store (rayproc labdct simulate).")],
+    bg: Annotated[str, typer.Argument(help="Background store (rayproc labdct background) or 'parametric'.")],
+    out: Annotated[str, typer.Argument(help="Output zarr store (path or s3:// URL).")],
+    mode: Annotated[str, typer.Option("--mode", help="Noise model: poisson (published) or constant.")] = "poisson",
+    tau: Annotated[float, typer.Option("--tau", help="Poisson noise scale tau.")] = 1.0,
+    i0: Annotated[float, typer.Option("--i0", help="Mean background scale I0 (counts).")] = 110.0,
+    seed: Annotated[int, typer.Option("--seed", help="Projection p draws from default_rng([seed, p]).")] = 0,
+    pick: Annotated[str, typer.Option("--pick", help="Background frame per projection: cycle or random.")] = "cycle",
+    workers: Workers = 2,
+    cpus: Cpus = None,
+    address: Address = None,
+    storage_option: StorageOptions = None,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+):
+    """Synthesise noisy inputs and LoG-segmented targets from simulated projections and backgrounds."""
+    from rayproc.pipelines.labdct_synth import synthesize_labdct
+    from rayproc.storage import parse_storage_options
+
+    report = synthesize_labdct(sim, bg, out, mode=mode, tau=tau, i0=i0, seed=seed, pick=pick, workers=workers,
+                               address=address, cpus=cpus, storage_options=parse_storage_options(storage_option),
+                               overwrite=overwrite, progress=progress)
+    if report.status == "complete":
+        typer.echo(f"{report.url}: already complete ({report.projections} projections); nothing to do")
+    else:
+        typer.echo(f"{report.url}: {report.projections} projections ({report.computed} computed now), "
+                   f"{report.spots} spots in the table")
+
+
+@app.command()
+def segment(
+    source: Annotated[str, typer.Argument(help="Raw frames: TIFF folder, stack file or zarr store.")],
+    out: Annotated[str, typer.Argument(help="Output zarr store (spot_label and spot table).")],
+    method: Annotated[str, typer.Option("--method", help="dl (network) or standard (rolling median + LoG).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="dl: model directory (default: shipped).")] = None,
+    params: Annotated[Optional[str], typer.Option(
+        "--params", help="standard: parameters as a JSON file or text (e.g. evaluate's standard_params.json).")] = None,
+    beamstop_from: Annotated[Optional[str], typer.Option(
+        "--beamstop-from", help="geometry.json: its beam stop is never a spot.")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="dl: spot probability threshold.")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="Run the network on the GPU.")] = False,
+    storage_option: StorageOptions = None,
+    overwrite: Overwrite = False,
+):
+    """Segment the diffraction spots of raw frames with the network or the standard routine."""
+    from rayproc.pipelines.labdct_segment import segment_labdct
+    from rayproc.storage import parse_storage_options
+
+    report = segment_labdct(source, out, method=method, model=model, params=params, beamstop_from=beamstop_from,
+                            threshold=threshold, device="cuda" if gpu else "cpu",
+                            storage_options=parse_storage_options(storage_option), overwrite=overwrite)
+    typer.echo(f"{report.url}: {report.spots} spots in {report.frames} frames ({report.method}, "
+               f"{report.seconds:.1f} s)")
+
+
+@app.command()
+def evaluate(
+    synth_store: Annotated[str, typer.Argument(
+        metavar="SYNTH", help="Held-out synthesised store (rayproc labdct synth).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for metrics.json, metrics.md and figures.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Model directory (default: shipped).")] = None,
+    real: Annotated[Optional[str], typer.Option("--real", help="Real frames for the background residual.")] = None,
+    real_frames: Annotated[Optional[int], typer.Option(
+        "--real-frames", min=1, help="Use the first N real frames.")] = None,
+    real_beamstop_from: Annotated[Optional[str], typer.Option(
+        "--real-beamstop-from", help="geometry.json of the real frames (default: REAL/geometry.json).")] = None,
+    tune_fraction: Annotated[float, typer.Option("--tune-fraction", help="Projections used for tuning.")] = 0.5,
+    grid: Annotated[Optional[str], typer.Option(
+        "--grid", help="Tuning grid as JSON {field: [values]}; background in multiples of the residual noise.")] = None,
+    iou: Annotated[float, typer.Option("--iou", help="Smallest IoU of a spot match.")] = 0.3,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Network spot threshold.")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="Run the network on the GPU.")] = False,
+    storage_option: StorageOptions = None,
+):
+    """Tune the standard routine on part of a synthetic stack; score it and the network on the rest."""
+    import json
+    from pathlib import Path
+
+    from rayproc.errors import InputError
+    from rayproc.pipelines.labdct_evaluate import evaluate_labdct
+    from rayproc.storage import parse_storage_options
+
+    try:
+        grid_values = None if grid is None else json.loads(Path(grid).read_text() if Path(grid).is_file() else grid)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--grid must be JSON like '{{\"sigma\": [1, 2]}}'; got {grid!r} ({exc.msg}).") from exc
+    report = evaluate_labdct(synth_store, out, model=model, real=real, real_frames=real_frames,
+                             real_beamstop_from=real_beamstop_from, tune_fraction=tune_fraction, grid=grid_values,
+                             iou=iou, threshold=threshold, device="cuda" if gpu else "cpu",
+                             storage_options=parse_storage_options(storage_option))
+    if report.model is None:
+        typer.echo("no model installed: scoring the standard routine only (pass --model DIR)")
+    for name, m in report.methods.items():
+        typer.echo(f"  {name:8s} precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  "
+                   f"pixel IoU {m['pixel_iou']:.3f}  ({m['seconds']:.1f} s)")
+    if report.real is not None and "residual_mean" in report.real:
+        typer.echo(f"  real frames: network background residual {report.real['residual_mean']:.4f} "
+                   f"+- {report.real['residual_std']:.4f}")
+    typer.echo(f"{report.out}: {', '.join(Path(f).name for f in report.files)}")
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    """``"16,32,64,128"`` -> (16, 32, 64, 128)."""
+    from rayproc.errors import InputError
+
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--{name} must be comma-separated integers like 16,32,64,128; got {text!r}.") from None
+
+
+@app.command()
+def train(
+    data: Annotated[list[str], typer.Argument(help="Synth stores with input and target (rayproc labdct synth).")],
+    out: ModelOut,
+    workers: TrainWorkers = 1,
+    gpu: Gpu = False,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Total epochs (a rerun with more continues).")] = 10,
+    storage: CheckpointStorage = None,
+    widths: Annotated[str, typer.Option("--widths", help="Encoder widths per stage (ResNet34: 64,128,256,512).")] = "64,128,256,512",
+    blocks: Annotated[str, typer.Option("--blocks", help="Residual blocks per stage (ResNet34: 3,4,6,3).")] = "3,4,6,3",
+    tile: Annotated[int, typer.Option("--tile", help="Training tile edge (a multiple of 32 for 4 stages).")] = 128,
+    tiles_per_epoch: Annotated[int, typer.Option("--tiles-per-epoch", min=1, help="Tiles drawn per epoch (all workers).")] = 512,
+    val_tiles: Annotated[int, typer.Option("--val-tiles", min=1, help="Validation tiles (held-out frames).")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per step per worker.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (halved when validation stalls).")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Master seed of tiles and initial weights.")] = 0,
+    scale: Annotated[float, typer.Option("--scale", help="Input normalisation: this many frame medians map to 1.")] = 100.0,
+    feature_net: Annotated[Optional[str], typer.Option(
+        "--feature-net", help="VGG16-BN weights file: pixel + feature + Gram loss (default: pixel + SSIM).")] = None,
+    cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", help="Ray CPUs (and torch threads) per worker.")] = 1.0,
+    loader_workers: Annotated[int, typer.Option("--loader-workers", min=0, help="DataLoader processes per worker.")] = 0,
+    max_failures: Annotated[int, typer.Option("--max-failures", help="Restarts from the last checkpoint after a worker failure.")] = 3,
+    cpus: Cpus = None,
+    address: Address = None,
+    storage_option: StorageOptions = None,
+    progress: Progress = True,
+):
+    """Train the spot-denoising network on Ray Train (Fang et al. recipe); write MODEL_DIR."""
+    from rayproc.pipelines.labdct_train import train_labdct
+    from rayproc.storage import parse_storage_options
+
+    report = train_labdct(
+        data, out, workers=workers, gpu=gpu, epochs=epochs, storage=storage, widths=_ints(widths, "widths"),
+        blocks=_ints(blocks, "blocks"), tile=tile, tiles_per_epoch=tiles_per_epoch, val_tiles=val_tiles,
+        batch_size=batch_size, lr=lr, seed=seed, scale=scale, feature_net=feature_net, cpus_per_worker=cpus_per_worker,
+        loader_workers=loader_workers, max_failures=max_failures, address=address, cpus=cpus,
+        storage_options=parse_storage_options(storage_option), progress=progress)
+    best = report.best
+    resumed = " (resumed from its checkpoints)" if report.resumed else ""
+    typer.echo(f"{report.out}: {report.epochs} epochs{resumed}; best epoch {best['epoch'] + 1}: val loss "
+               f"{best['val_loss']:.4f}, val spot F1 {best['val_f1']:.3f}, pixel IoU {best['val_iou']:.3f}")
+
+
+@app.command()
+def denoise(
+    src: Annotated[str, typer.Argument(help="Frames (omega, y, x): zarr store (projection, input or intensity), "
+                                            "TIFF folder or stack file.")],
+    out: Annotated[str, typer.Argument(help="Output zarr store with denoised (path or s3:// URL).")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory (default: shipped).")] = None,
+    tile: Annotated[int, typer.Option(
+        "--tile", help="Tile edge in pixels (a multiple of 32; at most ~2x the model's training tile).")] = 128,
+    overlap: Annotated[int, typer.Option("--overlap", help="Overlap of neighbouring tiles in pixels.")] = 32,
+    blend: Annotated[str, typer.Option("--blend", help="Blend of overlapping tiles: gaussian or mean.")] = "gaussian",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per network call.")] = 8,
+    frames_per_task: Annotated[int, typer.Option("--frames-per-task", min=1, help="Frames per unit of work.")] = 4,
+    gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per actor.")] = False,
+    cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", help="Ray CPUs (and torch threads) per actor.")] = 1.0,
+    workers: Workers = 2,
+    cpus: Cpus = None,
+    address: Address = None,
+    storage_option: StorageOptions = None,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+):
+    """Denoise frames with the spot network, slabs of frames on Ray actors (resumable)."""
+    from rayproc.pipelines.labdct_denoise import denoise_labdct
+    from rayproc.storage import parse_storage_options
+
+    report = denoise_labdct(src, out, model=model, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size,
+                            frames_per_task=frames_per_task, workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker,
+                            address=address, cpus=cpus, storage_options=parse_storage_options(storage_option),
+                            overwrite=overwrite, progress=progress)
+    if report.status == "complete":
+        typer.echo(f"{report.url}: already complete ({report.frames} frames); nothing to do")
+    else:
+        typer.echo(f"{report.url}: {report.frames} frames denoised ({report.computed} of {report.tasks} slabs "
+                   f"computed now)")

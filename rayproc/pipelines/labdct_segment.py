@@ -1,0 +1,185 @@
+"""``rayproc labdct segment``: spot labels of raw LabDCT frames, by the network or the standard routine.
+
+``method="standard"``: :func:`rayproc.labdct.standard_routine.standard_routine` (rolling median
+over frames, then LoG segmentation) with given parameters (a JSON file or text, e.g. the
+``standard_params.json`` that ``rayproc labdct evaluate`` writes after tuning) or the defaults.
+``method="dl"``: :func:`rayproc.labdct.denoise.denoise_frames` (the spot network, tile by
+tile) then :func:`rayproc.labdct.denoise.dl_spot_labels`; the spot probability is stored as
+``denoised``.
+
+Writes ``spot_label`` int32 ``(frame, y, x)`` (the input store's dims and coords when it is a
+zarr store, e.g. ``(omega, y, x)``) and a spot table along ``spot``: ``spot_frame``,
+``spot_id`` (the label), ``spot_centroid_y_px``, ``spot_centroid_x_px``, ``spot_area_px`` and
+``spot_intensity`` (sum of the raw input over the spot). One process: the rolling median needs
+neighbouring frames; ``rayproc labdct denoise`` is the distributed network pass.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from rayproc.errors import InputError
+from rayproc.labdct.spots import spot_table
+from rayproc.labdct.standard_routine import StandardRoutineParams, standard_routine
+from rayproc.options import look_up_option
+from rayproc.pipelines.labdct_background import beamstop_mask, read_frames
+from rayproc.storage import command_line, provenance, resolve, write_dataset
+
+METHODS = ("dl", "standard")
+DEFAULT_MODEL_NAME = "labdct-default"
+
+
+@dataclass(frozen=True)
+class SegmentReport:
+    url: str
+    method: str
+    frames: int
+    spots: int
+    seconds: float
+
+
+def parse_params(params: str | dict | None) -> StandardRoutineParams:
+    """Standard-routine parameters from a JSON file, JSON text, a dict or None (the defaults)."""
+    if params is None:
+        return StandardRoutineParams()
+    if isinstance(params, StandardRoutineParams):
+        return params
+    if isinstance(params, str):
+        text = Path(params).read_text() if Path(params).is_file() else params
+        try:
+            params = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--params must be a JSON file or JSON text; got {text[:60]!r} ({exc.msg}).") from exc
+    if not isinstance(params, dict):
+        raise InputError(f"--params must be a JSON object; got {type(params).__name__}.")
+    unknown = sorted(set(params) - set(StandardRoutineParams().to_dict()))
+    if unknown:
+        raise InputError(f"unknown standard-routine parameters {unknown}; expected some of "
+                         f"{sorted(StandardRoutineParams().to_dict())}.")
+    return StandardRoutineParams.from_dict(params)
+
+
+def load_spot_network(model=None, *, device: str = "cpu"):
+    """The spot network, its normalisation scale and a JSON-able description.
+
+    ``model``: a model directory (:func:`rayproc.models.artifact.load_model`), a
+    ``torch.nn.Module`` (used as given; the default scale), or None for the shipped
+    ``rayproc/weights/labdct-default``.
+    """
+    from torch import nn
+
+    from rayproc.labdct.denoise import DEFAULT_SCALE
+    from rayproc.models.artifact import default_model_dir, load_model
+
+    if isinstance(model, nn.Module):
+        config = getattr(model, "config", None)
+        return model.to(device).eval(), DEFAULT_SCALE, {
+            "source": type(model).__name__, "architecture": config.to_dict() if hasattr(config, "to_dict") else None}
+    directory = Path(default_model_dir(DEFAULT_MODEL_NAME) if model is None else model)
+    if not (directory / "config.json").is_file():
+        raise InputError(f"no LabDCT model at {directory} (no config.json); pass --model DIR.")
+    network, info = load_model(directory, device=device)
+    scale = float(info.normalisation.get("scale", DEFAULT_SCALE))
+    return network, scale, {"source": str(directory), "sha256": info.sha256, "architecture": info.architecture}
+
+
+def dl_segment(frames, network, scale: float, *, beamstop=None, **options) -> tuple[np.ndarray, np.ndarray]:
+    """Spot probability and spot labels of ``frames`` (N, H, W) by the network.
+
+    The probability is set to 0 on the ``beamstop`` mask (H, W). ``options``: ``threshold``
+    and ``min_size`` go to :func:`~rayproc.labdct.denoise.dl_spot_labels`, the rest to
+    :func:`~rayproc.labdct.denoise.denoise_frames`.
+    """
+    from rayproc.labdct.denoise import denoise_frames, dl_spot_labels
+
+    label_options = {k: options.pop(k) for k in ("threshold", "min_size") if k in options}
+    denoised = denoise_frames(frames, network, scale=scale, **options)
+    if beamstop is not None:
+        denoised[:, beamstop] = 0
+    return denoised, dl_spot_labels(denoised, **label_options)
+
+
+def spot_table_dataset(labels: np.ndarray, frames: np.ndarray) -> xr.Dataset:
+    """The spot table of ``labels`` as variables along ``spot`` (see the module notes)."""
+    table = spot_table(labels, frames)
+    names = {"frame": "spot_frame", "label": "spot_id", "centroid_y": "spot_centroid_y_px",
+             "centroid_x": "spot_centroid_x_px", "area": "spot_area_px", "intensity": "spot_intensity"}
+    return xr.Dataset({names[k]: ("spot", v) for k, v in table.items()},
+                      coords={"spot": ("spot", np.arange(len(table["frame"])))})
+
+
+def segment_labdct(
+    source: str,
+    out: str,
+    *,
+    method: str = "standard",
+    model=None,
+    params: str | dict | None = None,
+    beamstop_from: str | None = None,
+    threshold: float | None = None,
+    device: str = "cpu",
+    storage_options: dict | None = None,
+    overwrite: bool = False,
+    command: str | None = None,
+) -> SegmentReport:
+    """Segment the spots of raw frames into a zarr store.
+
+    Parameters
+    ----------
+    source : str
+        Raw frames: a TIFF folder, a stack file or a zarr store (``input``, ``projection``...).
+    out : str
+        Output zarr store.
+    method : {"dl", "standard"}
+    model : str or torch.nn.Module, optional
+        ``dl``: the network (see :func:`load_spot_network`).
+    params : str or dict, optional
+        ``standard``: :class:`~rayproc.labdct.standard_routine.StandardRoutineParams` as JSON.
+    beamstop_from : str, optional
+        A ``geometry.json``: its beam stop is never part of a spot.
+    threshold : float, optional
+        ``dl``: spot probability threshold (default of
+        :func:`~rayproc.labdct.denoise.dl_spot_labels`).
+    device : str
+        Torch device of the network.
+    storage_options, overwrite, command :
+        As for the other pipelines.
+    """
+    method = look_up_option(method, METHODS, name="method")
+    routine = parse_params(params) if method == "standard" else None
+    frames, info = read_frames(source, storage_options=storage_options)
+    beamstop = beamstop_mask(beamstop_from, frames.shape[1:])
+    started = time.perf_counter()
+    denoised = None
+    if method == "standard":
+        labels = standard_routine(frames, routine, beamstop=beamstop)
+        description = {"params": routine.to_dict()}
+    else:
+        network, scale, description = load_spot_network(model, device=device)
+        options = {} if threshold is None else {"threshold": threshold}
+        denoised, labels = dl_segment(frames, network, scale, beamstop=beamstop, **options)
+        description = {"model": description, "scale": scale, **options}
+    seconds = time.perf_counter() - started
+    dims = tuple(info.get("dims") or ("frame", "y", "x"))
+    coords = dict(info.get("coords") or {"frame": ("frame", np.arange(len(frames)))})
+    dataset = spot_table_dataset(labels, frames)
+    dataset["spot_label"] = (dims, labels, {"long_name": f"spot id per pixel (0 = none), {method} method"})
+    if denoised is not None:
+        dataset["denoised"] = (dims, denoised.astype(np.float32), {"long_name": "spot probability of the network"})
+    dataset = dataset.assign_coords(coords)
+    dataset.attrs.update(title=f"LabDCT spots of {source} ({method})", method=method)
+    chunks = {name: {dims[0]: 1} for name in ("spot_label", "denoised")}
+    parameters = {"source": str(source), "method": method, "beamstop_from": beamstop_from, **description}
+    write_dataset(resolve(out, storage_options), dataset, chunks=chunks,
+                  provenance_attrs=provenance(command or command_line(), parameters), overwrite=overwrite)
+    return SegmentReport(resolve(out).url, method, len(frames), dataset.sizes["spot"], seconds)
+
+
+__all__ = ["METHODS", "SegmentReport", "dl_segment", "load_spot_network", "parse_params", "segment_labdct",
+           "spot_table_dataset"]

@@ -1,0 +1,279 @@
+"""``rayproc labdct synth``: noisy training inputs and segmented targets from simulated projections.
+
+For every projection ``p`` of a simulated store (``rayproc labdct simulate``) one Ray task
+writes, following Fang et al. (see :mod:`rayproc.labdct.synthesis`):
+
+* ``input`` float32: :func:`~rayproc.labdct.synthesis.synthesize_input` of the projection, its
+  constant background ``C_BG`` (the store's ``background`` attr) replaced by a real background
+  image times ``R_BG ~ U[I0 - sqrt(I0), I0 + sqrt(I0)]``, plus ``tau * Poisson(x0 / 2)``;
+* ``target`` uint8: :func:`~rayproc.labdct.synthesis.log_segmentation` of the noise-free
+  projection less ``C_BG`` (255 on spots, 0 elsewhere);
+* a copy of ``spot_label``; the spot table is copied at the end with one more column,
+  ``spot_snr`` (below).
+
+Randomness of projection ``p`` comes from ``default_rng([seed, p])`` only, so the stack is
+bit-identical for any number of workers, and a killed run resumes where it stopped.
+
+Background frames: projection ``p`` takes frame ``p mod N_bg`` (``pick="cycle"``) or a frame
+drawn from its own generator (``pick="random"``). Frames whose shape differs from the
+projections are centre-cropped to the projections' aspect ratio, resized by linear
+interpolation and divided by their maximum again (:func:`fit_background`).
+``background="parametric"`` draws smooth synthetic backgrounds instead
+(:func:`rayproc.labdct.background.parametric_background`, seeded by ``[seed, -1]``).
+
+Beam stop: the simulated projection is 0 under the beam stop (set after adding ``C_BG``);
+those pixels are given the value ``C_BG`` first, so the beam stop shows the shadow carried by
+the real background image (as in measured frames) instead of ``-C_BG``.
+
+SNR of a true spot (``spot_snr``): its integrated intensity ``I`` (``spot_intensity``) over
+the Poisson noise of the background under its ``A`` labelled pixels (``spot_area_px``)::
+
+    SNR = I / (tau * sqrt(A * I0 * mean_spot(I_BG) / 2))
+
+using ``Var[x | x0] = tau^2 x0 / 2`` with ``x0 ~ I0 * I_BG`` on background (``R_BG`` is
+within ``1 +- 1/sqrt(I0)`` of ``I0``). NaN for spots without labelled pixels and in
+``constant`` mode (no noise model); infinite for ``tau = 0``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from scipy import ndimage as ndi
+
+from rayproc.errors import InputError
+from rayproc.labdct.synthesis import MODES, log_segmentation, synthesize_input
+from rayproc.options import look_up_option
+from rayproc.runtime import ray_session, run_stage
+from rayproc.storage import (
+    ArraySpec, Location, append_variables, command_line, create_dataset, done_tasks, finalize,
+    open_dataset, provenance, resolve, task_tables, write_task,
+)
+
+PICKS = ("cycle", "random")
+PARAMETRIC = "parametric"
+# Segmentation of the noise-free projections into targets (log_segmentation defaults).
+TARGET_PARAMS = {"sigma": 1.0, "percentage": 20.0, "min_size": 4}
+
+
+def task_name(index: int) -> str:
+    return f"projection-{index:05d}"
+
+
+@dataclass(frozen=True)
+class SynthReport:
+    url: str
+    projections: int
+    computed: int
+    spots: int
+    status: str
+
+
+def fit_background(frames, shape: tuple[int, int]) -> np.ndarray:
+    """Background frames fitted to the projections' ``shape``, each with maximum 1.
+
+    Parameters
+    ----------
+    frames : array_like, shape (N, H, W)
+        Background images.
+    shape : (int, int)
+        Frame shape of the projections.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (N, *shape)
+        Centre-cropped to the aspect ratio of ``shape``, resized by linear interpolation and
+        divided by their maximum; unchanged (but renormalised) when the shapes already match.
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim != 3:
+        raise InputError(f"background must be (N, H, W); got shape {frames.shape} instead.")
+    height, width = frames.shape[1:]
+    target_h, target_w = shape
+    keep_h = min(height, round(width * target_h / target_w))
+    keep_w = min(width, round(height * target_w / target_h))
+    top, left = (height - keep_h) // 2, (width - keep_w) // 2
+    cropped = frames[:, top : top + keep_h, left : left + keep_w]
+    if cropped.shape[1:] != tuple(shape):
+        zoom = (1, target_h / keep_h, target_w / keep_w)
+        cropped = ndi.zoom(cropped, zoom, order=1, mode="nearest", grid_mode=True)
+    peak = cropped.max(axis=(1, 2), keepdims=True)
+    if (peak <= 0).any():
+        raise InputError("a background frame has no positive value; got frames <= 0.")
+    return (cropped / peak).astype(np.float32)
+
+
+def spot_snr(intensity, area, background_level, *, tau: float, i0: float) -> np.ndarray:
+    """SNR of integrated spots over background Poisson noise (see the module notes), shape (K,)."""
+    intensity, area, level = (np.asarray(a, dtype=np.float64) for a in (intensity, area, background_level))
+    noise = tau * np.sqrt(area * i0 * level / 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.where(area > 0, intensity / noise, np.nan)
+    return snr
+
+
+class _SynthWriter:
+    """Per-actor stage: synthesise projection ``p`` and write input, target and labels.
+
+    Items are ``(p, [background_ref])``: the fitted backgrounds travel once through the object
+    store and are fetched by each actor on its first item.
+    """
+
+    def __init__(self, sim: Location, out: Location, seed: int, c_bg: float, options: dict, pick: str):
+        self.sim, self.out, self.seed, self.c_bg, self.options, self.pick = sim, out, seed, c_bg, options, pick
+        self.source: xr.Dataset | None = None
+        self.backgrounds: np.ndarray | None = None
+        self.rows: dict[int, np.ndarray] = {}
+
+    def __call__(self, item) -> int:
+        index, (background_ref,) = item
+        if self.source is None:
+            import ray
+
+            self.backgrounds = ray.get(background_ref)
+            self.source = open_dataset(self.sim)
+            self.rows = {p: np.flatnonzero(self.source.spot_projection.values == p)
+                         for p in range(self.source.sizes["omega"])}
+        rng = np.random.default_rng([self.seed, index])
+        frame = index % len(self.backgrounds) if self.pick == "cycle" else int(rng.integers(len(self.backgrounds)))
+        background = self.backgrounds[frame]
+        clean = self.source.projection[index].values.astype(np.float64)
+        clean[clean == 0] = self.c_bg  # beam stop: the background image carries its shadow
+        noisy = synthesize_input(clean, background, rng, c_bg=self.c_bg, **self.options)
+        target = log_segmentation(clean - self.c_bg, **TARGET_PARAMS)
+        labels = self.source.spot_label[index].values
+        rows = self.rows[index]
+        ids = self.source.spot_id.values[rows]
+        with np.errstate(invalid="ignore"):  # spots without labelled pixels: NaN
+            level = ndi.mean(background, labels, ids) if len(ids) else np.zeros(0)
+        snr = spot_snr(self.source.spot_intensity.values[rows], self.source.spot_area_px.values[rows], level,
+                       tau=self.options["tau"], i0=self.options["i0"])
+        if self.options["mode"] == "constant":
+            snr[:] = np.nan
+        write_task(self.out, task_name(index),
+                   {"input": ((index,), noisy), "target": ((index,), target), "spot_label": ((index,), labels)},
+                   table={"row": rows, "snr": snr, "background_frame": np.array([frame])})
+        return index
+
+
+def _background_frames(background: str, n: int, shape: tuple[int, int], beamstop: np.ndarray, seed: int,
+                       storage_options: dict | None) -> np.ndarray:
+    if background == PARAMETRIC:
+        from rayproc.labdct.background import parametric_background
+
+        return parametric_background((n, *shape), np.random.default_rng([seed, -1]), beamstop=beamstop)
+    ds = open_dataset(resolve(background, storage_options))
+    if "background" not in ds:
+        raise InputError(f"{background} has no 'background' variable (make one with `rayproc labdct "
+                         f"background`); it holds {sorted(ds.data_vars)}.")
+    return fit_background(ds.background.values, shape)
+
+
+def synthesize_labdct(
+    sim: str,
+    background: str,
+    out: str,
+    *,
+    mode: str = "poisson",
+    tau: float = 1.0,
+    i0: float = 110.0,
+    seed: int = 0,
+    pick: str = "cycle",
+    workers: int = 1,
+    address: str | None = None,
+    cpus: int | None = None,
+    storage_options: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    on_start=None,
+) -> SynthReport:
+    """Synthesise noisy inputs and segmented targets for every projection of ``sim`` into ``out``.
+
+    Parameters
+    ----------
+    sim : str
+        Simulated store (``projection``, ``spot_label``, spot table, ``background`` attr).
+    background : str
+        Background store (``background`` (frame, y, x)) or ``"parametric"``.
+    out : str
+        Output zarr store.
+    mode, tau, i0 : see :func:`rayproc.labdct.synthesis.synthesize_input`.
+    seed : int
+        Projection ``p`` draws from ``default_rng([seed, p])``.
+    pick : {"cycle", "random"}
+        Background frame of each projection (see the module notes).
+    workers, address, cpus : Ray actors, cluster address, CPUs of an embedded Ray.
+    storage_options, overwrite, progress, command, on_start : as for the other pipelines.
+
+    Returns
+    -------
+    SynthReport
+    """
+    mode = look_up_option(mode, MODES, name="mode")
+    pick = look_up_option(pick, PICKS, name="pick")
+    if tau < 0 or i0 <= 0 or workers < 1:
+        raise InputError(f"--tau must be >= 0, --i0 > 0 and --workers >= 1; got {tau}, {i0}, {workers}.")
+    sim_location, location = resolve(sim, storage_options), resolve(out, storage_options)
+    source = open_dataset(sim_location)
+    missing = sorted({"projection", "spot_label", "spot_projection", "spot_id", "spot_intensity",
+                      "spot_area_px"} - set(source.variables))
+    if missing or "background" not in source.attrs:
+        raise InputError(f"{sim_location.url} is not a simulated LabDCT store (`rayproc labdct simulate`): "
+                         f"missing {missing or ['background attr']}.")
+    n, ny, nx = source.projection.shape
+    c_bg = float(source.attrs["background"])
+    params = {"sim": sim_location.url, "background": background if background == PARAMETRIC else
+              resolve(background, storage_options).url, "mode": mode, "tau": tau, "i0": i0, "seed": seed,
+              "pick": pick, "target": TARGET_PARAMS}
+    coords = {name: source[name].variable for name in ("omega", "y", "x")}
+    frame = (1, ny, nx)
+    with ray_session(address, cpus=cpus, workers=workers):
+        status = create_dataset(
+            location,
+            {
+                "input": ArraySpec(("omega", "y", "x"), (n, ny, nx), "float32", chunks=frame,
+                                   attrs={"units": "counts", "long_name": "synthesised noisy projection"}),
+                "target": ArraySpec(("omega", "y", "x"), (n, ny, nx), "uint8", chunks=frame,
+                                    attrs={"long_name": "LoG segmentation of the noise-free projection (255 = spot)"}),
+                "spot_label": ArraySpec(("omega", "y", "x"), (n, ny, nx), "int32", chunks=frame,
+                                        attrs={"long_name": "spot id per pixel (0 = none), from the simulation"}),
+            },
+            coords=coords,
+            attrs={"title": f"synthesised LabDCT training pairs ({mode} noise)", "c_bg": c_bg, "mode": mode,
+                   "tau": tau, "i0": i0},
+            provenance_attrs=provenance(command or command_line(), params, seed=seed),
+            overwrite=overwrite,
+        )
+        if status == "complete":
+            return SynthReport(location.url, n, 0, source.sizes["spot"], status)
+        beamstop = source.projection[0].values == 0
+        backgrounds = _background_frames(background, n, (ny, nx), beamstop, seed, storage_options)
+        finished = done_tasks(location)
+        todo = [p for p in range(n) if task_name(p) not in finished]
+        import ray
+
+        background_ref = ray.put(backgrounds)
+        stage = functools.partial(_SynthWriter, sim_location, location, seed, c_bg,
+                                  {"mode": mode, "tau": tau, "i0": i0}, pick)
+        computed = sum(1 for _ in run_stage(stage, [(p, [background_ref]) for p in todo], workers=workers,
+                                            desc="synthesis", progress=progress, on_start=on_start))
+    tasks = [task_name(p) for p in range(n)]
+    tables = task_tables(location, [t for t in tasks if t in done_tasks(location)])
+    snr = np.full(source.sizes["spot"], np.nan)
+    for table in tables.values():
+        snr[table["row"]] = table["snr"]
+    spot_vars = [name for name, var in source.data_vars.items() if var.dims == ("spot",)]
+    table = source[spot_vars].load()
+    table["spot_snr"] = ("spot", snr, {"long_name": "integrated spot SNR over background Poisson noise"})
+    used = np.array([tables[t]["background_frame"][0] if t in tables else -1 for t in tasks], np.int32)
+    table["background_frame"] = ("omega", used, {"long_name": "background frame used (-1: not done)"})
+    append_variables(location, table.drop_vars([c for c in table.coords if c not in ("spot",)]))
+    finalize(location, tasks)
+    return SynthReport(location.url, n, computed, source.sizes["spot"], status)
+
+
+__all__ = ["PICKS", "SynthReport", "fit_background", "spot_snr", "synthesize_labdct"]

@@ -1,0 +1,641 @@
+"""``rayproc labdct train``: train the LabDCT spot-denoising network with Ray Train.
+
+The same shell as :mod:`rayproc.pipelines.bcdi_train` (whose generic pieces are imported:
+mixed precision, the Ray Train session, checkpoints, run claiming and resuming):
+
+* :func:`train_loop` is plain torch for one data-parallel worker, driven by a config dict
+  (:class:`LabdctTrainSpec`); Ray appears only in the imported ``_RayTrain`` session; in one
+  process :class:`_InProcess` stands in for it (``workers=0``).
+* :func:`train_labdct` builds the spec, runs it on ``workers`` TorchTrainer workers (gloo on
+  CPU, NCCL with ``gpu``), checkpoints every epoch to ``storage`` (local or ``s3://``),
+  restarts failed workers from the last checkpoint (``FailureConfig``), resumes a rerun of
+  the same command, logs ``metrics.jsonl`` and ``loss_curve.png``, and exports the best epoch
+  as a model directory of family ``"labdct"`` (:mod:`rayproc.models.artifact`).
+
+Training follows Fang et al. [1]_: random tiles of synthetic frames (``input``, built from
+forward-simulated projections [2]_ laid on backgrounds extracted from real frames, plus
+Poisson noise) and their spot segmentations (``target``, 255 on spots), as written by
+``rayproc labdct synth``; inputs normalised by :func:`rayproc.labdct.denoise.normalise_frames`,
+targets scaled to {0, 1}; the loss is :func:`rayproc.models.labdct_unet.feature_loss` (pixel
+MAE + 1 - SSIM, or pixel + feature + Gram terms with a VGG16-BN weights file).
+
+References
+----------
+.. [1] H. Fang et al., deep-learning denoising of LabDCT projections (dynamic U-Net trained on
+   forward-simulated projections with a perceptual feature loss).
+.. [2] H. Fang, D. Juul Jensen and Y. Zhang, "A flexible and standalone forward simulation
+   model for laboratory X-ray diffraction contrast tomography", Acta Cryst. A 76 (2020)
+   652-663. :doi:`10.1107/S2053273320010852`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from rayproc.bcdi.portion_dataset import EpochSampler
+from rayproc.errors import InputError, RayprocError
+from rayproc.labdct.denoise import DEFAULT_SCALE, FAMILY, dl_spot_labels, normalise_frames
+from rayproc.labdct.spots import label_spots, match_spots
+from rayproc.models.artifact import save_model
+from rayproc.models.labdct_unet import LabdctNetConfig, build_labdct_net, feature_loss, load_feature_net
+from rayproc.pipelines.bcdi_train import (
+    LOSS_CURVE, METRICS_LOG, STATE_FILE, Precision, TrainReport, _check_resources, _cpu_copy, _InProcess as _BcdiInProcess,
+    _rank_and_world, _ray_storage, _RayTrain, _start_run, _sum_across_workers, _worker_resources, latest_checkpoint, local_checkpoint,
+    read_history, run_name, save_checkpoint,
+)
+from rayproc.runtime import ray_session
+from rayproc.storage import Location, command_line, open_dataset, provenance, redacted, resolve, with_retries
+
+DEFAULT_TILE = 128
+NORMALISATION = {
+    "transform": "log1p(max(x, 0) / median(frame)) / log1p(scale)",
+    "scale": DEFAULT_SCALE,
+    "target": "spot segmentation, 1 on spots (255 in the synth store), 0 elsewhere",
+}
+
+
+@dataclass(frozen=True)
+class FrameSet:
+    """Frames of one synth store (``input``/``target``, dims (omega, y, x)) used for training."""
+
+    url: str
+    frames: tuple[int, ...]
+    shape: tuple[int, int] = ()
+
+    def to_dict(self) -> dict:
+        return {"url": self.url, "frames": list(self.frames), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FrameSet":
+        return cls(d["url"], tuple(int(f) for f in d["frames"]), tuple(int(n) for n in d.get("shape", ())))
+
+
+def list_frame_sets(urls, storage_options: dict | None = None, *, val_fraction: float = 0.1):
+    """Training and validation frames of synth stores.
+
+    Every ``round(1 / val_fraction)``-th frame of a store (starting half a period in) is held
+    out for validation; a store too short for that keeps all its frames for training.
+
+    Returns
+    -------
+    train, val : list of FrameSet
+        ``val`` is empty when no store holds out a frame.
+    """
+    if not 0 < val_fraction < 1:
+        raise InputError(f"val_fraction must be in (0, 1); got {val_fraction!r} instead.")
+    period = max(2, round(1 / val_fraction))
+    train, val = [], []
+    for url in urls:
+        location = resolve(url, storage_options)
+        dataset = open_dataset(location)
+        missing = {"input", "target"} - set(dataset.data_vars)
+        if missing:
+            raise InputError(f"{location.url} lacks {sorted(missing)}; expected a store from `rayproc labdct synth` "
+                             f"with input and target (omega, y, x); got {sorted(dataset.data_vars)}.")
+        if dataset["input"].ndim != 3 or dataset["input"].shape != dataset["target"].shape:
+            raise InputError(f"{location.url}: input and target must be (omega, y, x) of one shape; got "
+                             f"{dataset['input'].shape} and {dataset['target'].shape}.")
+        count, *shape = dataset["input"].shape
+        held = list(range(period // 2, count, period))
+        kept = [f for f in range(count) if f not in held]
+        train.append(FrameSet(location.url, tuple(kept), tuple(shape)))
+        if held:
+            val.append(FrameSet(location.url, tuple(held), tuple(shape)))
+    if not train:
+        raise InputError("no training data given.")
+    return train, val
+
+
+class FrameCache:
+    """Per-process LRU cache of normalised input frames and binary targets, bounded in frames.
+
+    Pickling (a loader worker being spawned) gives an empty cache with the same bound.
+    """
+
+    def __init__(self, scale: float, max_frames: int = 256):
+        self.scale, self.max_frames = float(scale), int(max_frames)
+        self._frames: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._stores: dict[str, object] = {}
+
+    def __getstate__(self) -> dict:
+        return {"scale": self.scale, "max_frames": self.max_frames}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["scale"], state["max_frames"])
+
+    def get(self, url: str, frame: int, storage_options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(input, target)`` of a frame: normalised float32 (H, W) and float32 {0, 1} (H, W)."""
+        key = (url, frame)
+        if key in self._frames:
+            self._frames.move_to_end(key)
+            return self._frames[key]
+        if url not in self._stores:
+            self._stores[url] = open_dataset(Location(url, dict(storage_options or {})))
+        dataset = self._stores[url]
+        raw = with_retries(lambda: dataset["input"][frame].values)
+        target = with_retries(lambda: dataset["target"][frame].values)
+        pair = normalise_frames(raw[None], scale=self.scale)[0], (target > 0).astype(np.float32)
+        self._frames[key] = pair
+        while len(self._frames) > self.max_frames:
+            self._frames.popitem(last=False)
+        return pair
+
+
+class TileDataset(Dataset):
+    """Random tiles of synth frames: item ``i`` of epoch ``e`` is a pure function of the seed.
+
+    Item ``index = i + e * len`` uses ``default_rng([seed, stream, e, i])`` to pick a frame
+    (uniformly over all frames of ``frame_sets``), a tile origin and one of the 8 flips and
+    quarter turns of the square tile, so items do not depend on how many workers read them
+    (see :class:`rayproc.bcdi.portion_dataset.EpochSampler`).
+
+    An item is a dict: ``input`` (1, T, T) float32 (normalised, see
+    :func:`rayproc.labdct.denoise.normalise_frames`), ``target`` (1, T, T) float32 in {0, 1}.
+    """
+
+    def __init__(self, frame_sets, tiles: int, *, tile: int, scale: float, seed: int = 0, stream: int = 0,
+                 storage_options: dict | None = None, cache: FrameCache | None = None):
+        self.frame_sets = [s if isinstance(s, FrameSet) else FrameSet.from_dict(s) for s in frame_sets]
+        self.frames = [(s.url, f, s.shape) for s in self.frame_sets for f in s.frames]
+        if tiles < 1 or not self.frames:
+            raise InputError(f"need >= 1 frame and >= 1 tile; got {len(self.frames)} and {tiles} instead.")
+        small = [(url, shape) for url, _, shape in self.frames if min(shape) < tile]
+        if small:
+            raise InputError(f"{small[0][0]} has frames of shape {small[0][1]}, smaller than a {tile}^2 tile.")
+        self.tiles, self.tile, self.seed, self.stream = int(tiles), int(tile), int(seed), int(stream)
+        self.storage_options = dict(storage_options or {})
+        self.cache = cache if cache is not None else FrameCache(scale)
+
+    def __len__(self) -> int:
+        return self.tiles
+
+    def __getitem__(self, index: int) -> dict:
+        epoch, within = divmod(int(index), self.tiles)
+        rng = np.random.default_rng([self.seed, self.stream, epoch, within])
+        url, frame, (height, width) = self.frames[int(rng.integers(len(self.frames)))]
+        y, x = int(rng.integers(height - self.tile + 1)), int(rng.integers(width - self.tile + 1))
+        turn = int(rng.integers(8))
+        pair = []
+        for image in self.cache.get(url, frame, self.storage_options):
+            crop = np.rot90(image[y:y + self.tile, x:x + self.tile], turn % 4)
+            pair.append(torch.from_numpy(np.ascontiguousarray(crop[:, ::-1] if turn >= 4 else crop))[None])
+        return {"input": pair[0], "target": pair[1]}
+
+
+@dataclass(frozen=True)
+class LabdctTrainSpec:
+    """Everything one training worker needs; travels to Ray workers as a dict.
+
+    ``frames`` / ``val_frames`` are :class:`FrameSet` dicts (no ``val_frames``: validation
+    tiles are a separate draw from the training frames). ``feature_net`` is a VGG16-BN
+    weights file for the perceptual loss (None: pixel + SSIM). ``checkpoints`` is the storage
+    URL of an in-process (``workers=0``) run; ``fail_once_after_epoch`` injects a failure
+    (tests), as in :class:`rayproc.pipelines.bcdi_train.TrainSpec`.
+    """
+
+    frames: tuple[dict, ...]
+    out: str
+    val_frames: tuple[dict, ...] = ()
+    arch: dict = field(default_factory=lambda: LabdctNetConfig().to_dict())
+    scale: float = DEFAULT_SCALE
+    tile: int = DEFAULT_TILE
+    tiles_per_epoch: int = 512
+    val_tiles: int = 64
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    feature_net: str | None = None
+    gpu: bool = False
+    cpus_per_worker: float = 1.0
+    loader_workers: int = 0
+    storage_options: dict = field(default_factory=dict)
+    checkpoints: str | None = None
+    ray_train: bool = False
+    progress: bool = True
+    fail_once_after_epoch: int | None = None
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabdctTrainSpec":
+        values = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        for name in ("frames", "val_frames"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training function (plain torch)
+# ---------------------------------------------------------------------------------------------
+
+
+def datasets_for(spec: LabdctTrainSpec) -> tuple[TileDataset, TileDataset]:
+    """Training and validation tiles of a spec (stream 0 and 1 of the same seed, one cache)."""
+    cache = FrameCache(spec.scale)
+    common = dict(tile=spec.tile, scale=spec.scale, seed=spec.seed, storage_options=spec.storage_options, cache=cache)
+    return (TileDataset(spec.frames, spec.tiles_per_epoch, stream=0, **common),
+            TileDataset(spec.val_frames or spec.frames, spec.val_tiles, stream=1, **common))
+
+
+def train_one_epoch(model, loader, optimizer, precision: Precision, *, feature_net=None, progress=None) -> float:
+    """One pass over ``loader``; returns the mean loss over all workers' tiles."""
+    model.train()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for batch in loader:
+        x, target = batch["input"].to(device, non_blocking=True), batch["target"].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            pred = model(x)
+        loss = feature_loss(pred.float(), target, feature_net)
+        precision.scaler.scale(loss).backward()
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+        total += float(loss.detach()) * len(x)
+        count += len(x)
+        if progress is not None:
+            progress.update(len(x))
+    loss_sum, n = _sum_across_workers([total, count], device)
+    return float(loss_sum / max(n, 1))
+
+
+@torch.no_grad()
+def evaluate(model, loader, precision: Precision, *, feature_net=None) -> dict:
+    """Validation loss, spot F1 (:func:`~rayproc.labdct.denoise.dl_spot_labels` vs the target's
+    spots, IoU >= 0.3) and pixel IoU of the thresholded output, over all workers' tiles."""
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum = count = hits = n_pred = n_true = inter = union = 0.0
+    for batch in loader:
+        x, target = batch["input"].to(device), batch["target"].to(device)
+        with precision.autocast():
+            pred = model(x)
+        pred = pred.float()
+        loss_sum += float(feature_loss(pred, target, feature_net)) * len(x)
+        count += len(x)
+        probability, truth = pred[:, 0].cpu().numpy(), target[:, 0].cpu().numpy() > 0.5
+        scores = match_spots(dl_spot_labels(probability), label_spots(truth))
+        hits, n_pred, n_true = hits + scores["true_positives"], n_pred + scores["n_pred"], n_true + scores["n_true"]
+        inter += np.count_nonzero((probability >= 0.5) & truth)
+        union += np.count_nonzero((probability >= 0.5) | truth)
+    loss_sum, count, hits, n_pred, n_true, inter, union = _sum_across_workers(
+        [loss_sum, count, hits, n_pred, n_true, inter, union], device)
+    spot_precision, recall = hits / n_pred if n_pred else 1.0, hits / n_true if n_true else 1.0
+    f1 = 2 * spot_precision * recall / (spot_precision + recall) if spot_precision + recall else 0.0
+    return {"val_loss": float(loss_sum / max(count, 1)), "val_f1": float(f1),
+            "val_precision": float(spot_precision), "val_recall": float(recall),
+            "val_iou": float(inter / union) if union else 1.0}
+
+
+def train_loop(config: dict) -> None:
+    """Train on this worker's share of the tiles (plain torch; see :class:`LabdctTrainSpec`).
+
+    Inside Ray Train (``config["ray_train"]``) the model is wrapped for DDP and every epoch is
+    reported with a checkpoint; otherwise checkpoints go to ``config["checkpoints"]`` and the
+    logs straight to ``config["out"]``. Resumes from the latest checkpoint when there is one.
+    """
+    spec = LabdctTrainSpec.from_dict(config)
+    session = _RayTrain() if spec.ray_train else _InProcess(spec)
+    torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
+    rank, world = _rank_and_world()
+    torch.manual_seed(spec.seed)
+    model = build_labdct_net(spec.arch)
+    device = session.device(spec.gpu)
+    model.to(device)
+    feature_net = load_feature_net(spec.feature_net).to(device) if spec.feature_net else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
+    precision = Precision(device)
+    history, best_weights = [], None
+    with session.checkpoint() as folder:
+        if folder is not None:
+            saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            if saved["scaler"] and precision.scaler.is_enabled():
+                precision.scaler.load_state_dict(saved["scaler"])
+            history, best_weights = list(saved["history"]), saved["best_model"]
+    start = len(history)
+    model = session.prepare_model(model)
+    train_set, val_set = datasets_for(spec)
+    train_sampler = EpochSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed)
+    loader_options = dict(batch_size=spec.batch_size, num_workers=spec.loader_workers,
+                          persistent_workers=spec.loader_workers > 0, pin_memory=device.type == "cuda")
+    train_loader = session.prepare_data_loader(DataLoader(train_set, sampler=train_sampler, **loader_options))
+    val_loader = session.prepare_data_loader(DataLoader(
+        val_set, sampler=DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False), **loader_options))
+    for epoch in range(start, spec.epochs):
+        began = time.perf_counter()
+        train_sampler.set_epoch(epoch)
+        bar = session.progress(len(train_sampler), f"epoch {epoch + 1}/{spec.epochs}") if spec.progress and rank == 0 else None
+        train_loss = train_one_epoch(model, train_loader, optimizer, precision, feature_net=feature_net, progress=bar)
+        train_seconds = time.perf_counter() - began
+        if bar is not None:
+            bar.close()
+        row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, val_loader, precision, feature_net=feature_net)}
+        scheduler.step(row["val_loss"])
+        row.update(lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - began, workers=world,
+                   start_epoch=start, tiles_per_second=len(train_set) / train_seconds)
+        history.append(row)
+        if best_weights is None or row["val_loss"] <= min(r["val_loss"] for r in history):
+            best_weights = _cpu_copy(model)
+        if rank == 0 and spec.progress:
+            print(f"epoch {epoch + 1}/{spec.epochs}: train loss {train_loss:.4f}, val loss {row['val_loss']:.4f}, "
+                  f"val spot F1 {row['val_f1']:.3f}, IoU {row['val_iou']:.3f}, "
+                  f"{row['tiles_per_second']:.1f} tiles/s", flush=True)
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                torch.save({"model": _cpu_copy(model), "best_model": best_weights, "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "scaler": precision.scaler.state_dict(),
+                            "history": history}, Path(folder) / STATE_FILE)
+            session.report(row, folder if rank == 0 else None)
+        if spec.fail_once_after_epoch == epoch and start == 0:
+            raise RuntimeError(f"injected failure after epoch {epoch} (fail_once_after_epoch)")
+
+
+class _InProcess(_BcdiInProcess):
+    """The in-process session of :mod:`~rayproc.pipelines.bcdi_train`, logging LabDCT curves."""
+
+    def report(self, metrics: dict, folder: str | None) -> None:
+        if folder is not None and self.location is not None:
+            save_checkpoint(self.location, folder, metrics["epoch"])
+        record_epoch(self.spec.out, metrics)
+
+    def progress(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="tile", leave=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs
+# ---------------------------------------------------------------------------------------------
+
+
+def record_epoch(out: str | Path, row: dict) -> None:
+    """Add an epoch's metrics to ``metrics.jsonl`` (replacing any rows from it on) and redraw the curves."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in read_history(out) if r["epoch"] < row["epoch"]] + [dict(row)]
+    temporary = out / f".{METRICS_LOG}.tmp"
+    temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    temporary.replace(out / METRICS_LOG)
+    plot_history(rows, out / LOSS_CURVE)
+
+
+def plot_history(rows: list[dict], path: Path) -> None:
+    """Loss curves (train, validation) and validation spot F1 / pixel IoU against epoch, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] + 1 for r in rows]
+    figure = Figure(figsize=(9, 3.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    losses, scores = figure.subplots(1, 2)
+    for key, label in (("train_loss", "training"), ("val_loss", "validation")):
+        losses.plot(epochs, [r[key] for r in rows], marker="o", label=label)
+    losses.set(xlabel="epoch", ylabel="loss (feature loss: MAE + 1 - SSIM)", yscale="log")
+    losses.legend()
+    for key, label in (("val_f1", "spot F1"), ("val_iou", "pixel IoU")):
+        scores.plot(epochs, [r[key] for r in rows], marker="o", label=label)
+    scores.set(xlabel="epoch", ylabel="validation score (threshold 0.5)", ylim=(0, 1))
+    scores.legend()
+    for axes in (losses, scores):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=100)
+    temporary.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drivers
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_spec(spec: LabdctTrainSpec) -> None:
+    divisor = LabdctNetConfig.from_dict(spec.arch).divisor
+    problems = []
+    if min(spec.epochs, spec.batch_size, spec.tiles_per_epoch, spec.val_tiles) < 1:
+        problems.append(f"epochs, batch size, tiles per epoch and validation tiles must be >= 1 (got {spec.epochs}, "
+                        f"{spec.batch_size}, {spec.tiles_per_epoch}, {spec.val_tiles})")
+    if spec.tile % divisor or spec.tile < divisor:
+        problems.append(f"tile {spec.tile} must be a positive multiple of {divisor} for {len(spec.arch['widths'])} stages")
+    if not spec.scale > 1:
+        problems.append(f"scale must be > 1 (got {spec.scale})")
+    if spec.feature_net and not Path(spec.feature_net).is_file():
+        problems.append(f"feature-net file {spec.feature_net} not found")
+    if problems:
+        raise InputError("; ".join(problems) + ".")
+    datasets_for(spec)  # frames smaller than a tile? (reads nothing)
+
+
+def _epoch_log_callback(out: str):
+    """A Ray Train callback, run by the controller on the driver's node, that logs each epoch."""
+    from ray.train import UserCallback
+
+    class EpochLog(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            record_epoch(out, metrics[0])  # rank 0's row
+
+    return EpochLog()
+
+
+def _fit(spec: LabdctTrainSpec, workers: int, run: Location, root: Location, max_failures: int):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    storage_path, storage_filesystem = _ray_storage(root)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=dataclasses.replace(spec, ray_train=True).to_dict(),
+        torch_config=TorchConfig(backend="nccl" if spec.gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=spec.gpu,
+                                               resources_per_worker=_worker_resources(spec)),
+        run_config=ray.train.RunConfig(
+            name=run_name(spec.out),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[_epoch_log_callback(spec.out)],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise RayprocError(
+            f"training failed (after {max_failures} restart(s) from the last checkpoint): "
+            f"{lines[-1] if lines else type(exc).__name__}; rerun the same command to resume"
+        ) from exc
+    if result.checkpoint is None:
+        raise RayprocError(f"training at {run.url} reported no checkpoint.")
+    return result
+
+
+def _export(spec: LabdctTrainSpec, folder: str | None, command: str | None, resumed: bool,
+            checkpoints: str) -> TrainReport:
+    """Write the best epoch of the checkpoint in ``folder`` as the model directory ``spec.out``."""
+    if folder is None:
+        raise RayprocError(f"no checkpoint found in {checkpoints}.")
+    saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    history = list(saved["history"])
+    best = min(history, key=lambda r: r["val_loss"])
+    model = build_labdct_net(spec.arch)
+    model.load_state_dict(saved["best_model"])
+    parameters = {k: v for k, v in spec.to_dict().items()
+                  if k not in ("ray_train", "checkpoints", "progress", "fail_once_after_epoch")}
+    prov = {**provenance(command or command_line(), redacted(parameters), seed=spec.seed), "stage": "trained",
+            "checkpoints": checkpoints}
+    metrics = {"best_epoch": best["epoch"], "epochs": len(history), "best": best, "final": history[-1]}
+    save_model(spec.out, model, LabdctNetConfig.from_dict(spec.arch), family=FAMILY, metrics=metrics,
+               provenance=prov, normalisation={**NORMALISATION, "scale": spec.scale}, patch_size=spec.tile)
+    return TrainReport(spec.out, len(history), best["epoch"], best, resumed, checkpoints, history)
+
+
+def train_labdct(
+    data,
+    out: str,
+    *,
+    workers: int = 1,
+    gpu: bool = False,
+    epochs: int = 10,
+    storage: str | None = None,
+    widths=LabdctNetConfig.widths,
+    blocks=LabdctNetConfig.blocks,
+    tile: int = DEFAULT_TILE,
+    tiles_per_epoch: int = 512,
+    val_tiles: int = 64,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+    scale: float = DEFAULT_SCALE,
+    val_fraction: float = 0.1,
+    feature_net: str | None = None,
+    cpus_per_worker: float = 1.0,
+    loader_workers: int = 0,
+    max_failures: int = 3,
+    address: str | None = None,
+    cpus: int | None = None,
+    storage_options: dict | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    fail_once_after_epoch: int | None = None,
+) -> TrainReport:
+    """Train the LabDCT spot network on synth stores ``data``; write the model directory ``out``.
+
+    Parameters
+    ----------
+    data : list of str
+        Stores from ``rayproc labdct synth``: ``input`` float32 and ``target`` uint8 (255 on
+        spots), dims (omega, y, x).
+    out : str
+        Model directory (local). It also receives ``metrics.jsonl`` and ``loss_curve.png``.
+    workers : int, optional
+        Data-parallel Ray Train workers; 0 trains in this process without Ray.
+    gpu : bool, optional
+        One GPU per worker, NCCL and mixed precision (bf16, or fp16 with loss scaling).
+    epochs : int, optional
+        Total epochs; a rerun with more epochs continues the same run.
+    storage : str, optional
+        Checkpoint storage (local folder or ``s3://``); default ``out/checkpoints``.
+    widths, blocks : sequence of int, optional
+        Network size (:class:`rayproc.models.labdct_unet.LabdctNetConfig`; default ResNet34).
+    tile : int, optional
+        Edge of the training tiles (a multiple of the network's divisor).
+    tiles_per_epoch, val_tiles : int, optional
+        Training tiles drawn per epoch (fresh draws every epoch) and validation tiles (the
+        same every epoch).
+    batch_size, lr, seed : optional
+        Per-worker batch size, Adam learning rate (halved when validation stalls), master seed.
+    scale : float, optional
+        Input normalisation (:func:`rayproc.labdct.denoise.normalise_frames`), stored in the model.
+    val_fraction : float, optional
+        Frames of each store held out for validation (see :func:`list_frame_sets`).
+    feature_net : str, optional
+        VGG16-BN weights file: the loss becomes pixel + feature + Gram terms.
+    cpus_per_worker : float, optional
+        Ray CPUs per worker, also its torch thread count.
+    loader_workers : int, optional
+        DataLoader worker processes per training worker.
+    max_failures : int, optional
+        Restarts from the last checkpoint after a worker failure.
+    address, cpus : optional
+        Ray cluster to join, or CPUs for an embedded Ray.
+    storage_options : dict, optional
+        fsspec options for ``s3://`` data and storage.
+    progress : bool, optional
+        Progress bar and per-epoch summary lines.
+    command : str, optional
+        Command line recorded in the provenance (default: this process's).
+    fail_once_after_epoch : int, optional
+        Testing hook: a worker fails once after checkpointing this epoch.
+
+    Returns
+    -------
+    TrainReport
+    """
+    storage_options = dict(storage_options or {})
+    train, val = list_frame_sets(data, storage_options, val_fraction=val_fraction)
+    spec = LabdctTrainSpec(
+        frames=tuple(s.to_dict() for s in train),
+        val_frames=tuple(s.to_dict() for s in val),
+        out=str(Path(out).resolve()),
+        arch=LabdctNetConfig(widths=tuple(widths), blocks=tuple(blocks)).to_dict(),
+        scale=float(scale), tile=int(tile), tiles_per_epoch=int(tiles_per_epoch), val_tiles=int(val_tiles),
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        feature_net=None if feature_net is None else str(Path(feature_net).resolve()),
+        gpu=gpu, cpus_per_worker=cpus_per_worker, loader_workers=loader_workers,
+        storage_options=storage_options, progress=progress, fail_once_after_epoch=fail_once_after_epoch,
+    )
+    _check_spec(spec)
+    if workers < 0:
+        raise InputError(f"--workers must be >= 0; got {workers}.")
+    root = resolve(storage or str(Path(spec.out) / "checkpoints"), spec.storage_options)
+    run = root.child(run_name(spec.out))
+    if workers == 0:
+        resumed = _start_run(run, spec, in_process=True)
+        train_loop(dataclasses.replace(spec, checkpoints=run.url).to_dict())
+        with local_checkpoint(latest_checkpoint(run)) as folder:
+            return _export(spec, folder, command, resumed, run.url)
+    with ray_session(address, cpus=cpus, workers=math.ceil(workers * spec.cpus_per_worker), dashboard=True):
+        _check_resources(spec, workers)
+        resumed = _start_run(run, spec, in_process=False)
+        result = _fit(spec, workers, run, root, max_failures)
+        with result.checkpoint.as_directory() as folder:
+            return _export(spec, folder, command, resumed, run.url)
+
+
+__all__ = [
+    "DEFAULT_TILE",
+    "FrameCache",
+    "FrameSet",
+    "LabdctTrainSpec",
+    "NORMALISATION",
+    "TileDataset",
+    "datasets_for",
+    "evaluate",
+    "list_frame_sets",
+    "plot_history",
+    "record_epoch",
+    "train_labdct",
+    "train_loop",
+    "train_one_epoch",
+]

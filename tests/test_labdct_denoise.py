@@ -1,0 +1,258 @@
+"""LabDCT denoising: tiling and normalisation, spot labels, training (in process and on Ray
+Train), and the distributed denoising pipeline against the single-process result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from rayproc.cli import main as cli_main
+from rayproc.errors import InputError
+from rayproc.labdct.denoise import (
+    denoise_frames, dl_spot_labels, normalise_frames, plan_tiles, predict_tiles,
+)
+from rayproc.models.artifact import load_model, save_model
+from rayproc.models.labdct_unet import LabdctNetConfig, build_labdct_net
+from rayproc.pipelines.bcdi_train import read_history
+from rayproc.pipelines.labdct_denoise import denoise_labdct, task_name
+from rayproc.pipelines.labdct_train import FrameCache, TileDataset, list_frame_sets, train_labdct
+from rayproc.stitching import grid_windows, window_coverage
+from rayproc.storage import open_dataset, resolve, write_dataset
+
+TINY = LabdctNetConfig(widths=(4, 8, 8, 16), blocks=(1, 1, 1, 1))
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Actors run torch on one thread; so does the single-process reference (bit-identical)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _frames(count: int, shape, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson frames of Gaussian spots on a smooth background, and the spot masks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    clean = np.zeros((count, *shape))
+    for frame in clean:
+        for cy, cx, amplitude in zip(rng.uniform(0, shape[0], 12), rng.uniform(0, shape[1], 12),
+                                     rng.uniform(100, 400, 12)):
+            frame += amplitude * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.5**2))
+    background = 100 * (1 - 0.3 * ((yy / shape[0] - 0.5) ** 2 + (xx / shape[1] - 0.5) ** 2))
+    noisy = rng.poisson(clean + background).astype(np.float32)
+    return noisy, clean > 40
+
+
+@pytest.fixture(scope="module")
+def synth_store(tmp_path_factory) -> str:
+    """Ten 64 x 96 frames with input and target, as `rayproc labdct synth` lays them out."""
+    noisy, spots = _frames(10, (64, 96), 0)
+    url = str(tmp_path_factory.mktemp("synth") / "synth.zarr")
+    dims = ("omega", "y", "x")
+    write_dataset(url, xr.Dataset({"input": (dims, noisy), "target": (dims, np.where(spots, 255, 0).astype(np.uint8))}),
+                  chunks={"input": {"omega": 1}, "target": {"omega": 1}})
+    return url
+
+
+@pytest.fixture(scope="module")
+def net():
+    """A tiny network whose output depends on its input (weights jittered away from the init)."""
+    torch.manual_seed(0)
+    model = build_labdct_net(TINY).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+class _Identity(torch.nn.Module):
+    """Returns its (normalised) input: blending must reproduce the frame exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return x + self.anchor
+
+
+# ---------------------------------------------------------------- pure core
+
+
+def test_normalisation_is_per_frame_and_gain_free():
+    frames = np.full((2, 8, 8), 50.0, np.float32)
+    frames[0, 0, 0], frames[1] = 50.0 * 100, 7.0  # a spot 100x the background; another gain
+    y = normalise_frames(frames, scale=100.0)
+    assert y[0, 0, 0] == pytest.approx(1.0) and y[0, 4, 4] == pytest.approx(np.log(2) / np.log(101))
+    np.testing.assert_allclose(y[1], y[0, 4, 4])  # the median maps to log(2)/log1p(scale), whatever the gain
+    np.testing.assert_allclose(normalise_frames(13 * frames, scale=100.0), y, rtol=1e-6)
+    assert normalise_frames(np.where(frames > 60, -5, frames), scale=100.0)[0, 0, 0] == 0  # negatives count as 0
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (100, 300), (40, 33), (256, 300)])
+def test_tiles_cover_every_pixel(shape):
+    patch, padded, stride = plan_tiles(shape, tile=64, overlap=16)
+    assert all(p % 32 == 0 and p <= 64 for p in patch) and all(q >= n for q, n in zip(padded, shape))
+    coverage = window_coverage(padded, grid_windows(padded, patch, stride), patch)
+    assert coverage[: shape[0], : shape[1]].min() >= 1
+    frames = np.random.default_rng(1).poisson(80.0, (2, *shape)).astype(np.float32)
+    out = denoise_frames(frames, _Identity(), tile=64, overlap=16, scale=100.0)
+    # equal overlapping predictions blend to themselves: the identity network gives the normalised frames
+    np.testing.assert_array_equal(out, np.clip(normalise_frames(frames, scale=100.0), 0, 1))
+
+
+def test_frames_are_independent_and_batches_do_not_matter(net):
+    frames, _ = _frames(5, (64, 96), 2)
+    whole = denoise_frames(frames, net, tile=64, overlap=16, batch_size=4)
+    assert whole.dtype == np.float32 and whole.shape == frames.shape and 0 <= whole.min() and whole.max() <= 1
+    np.testing.assert_array_equal(denoise_frames(frames[2:4], net, tile=64, overlap=16, batch_size=4), whole[2:4])
+    tiles = normalise_frames(frames)[:, None, :64, :64]
+    np.testing.assert_array_equal(predict_tiles(net, tiles, batch_size=4)[3], predict_tiles(net, tiles[3:4], batch_size=4)[0])
+
+
+def test_dl_spot_labels_threshold_and_size():
+    p = np.zeros((2, 16, 16), np.float32)
+    p[0, 2:5, 2:5] = 0.9  # 9 px spot
+    p[0, 10, 10:12] = 0.8  # 2 px spot
+    p[1, 6:9, 6:9] = 0.4  # below threshold
+    labels = dl_spot_labels(p, threshold=0.5, min_size=4)
+    assert labels.dtype == np.int32 and labels.max() == 1 and (labels > 0).sum() == 9
+    assert dl_spot_labels(p, threshold=0.3, min_size=2).max() == 3
+
+
+@pytest.mark.parametrize("frames, message", [
+    (np.ones((16, 16)), "must be a stack (N, H, W); got shape (16, 16)"),
+    (np.where(np.eye(16)[None] > 0, np.nan, 1.0), "hold 16 NaN/Inf value(s)"),
+    (np.zeros((1, 16, 16)), "frame 0 has a median of 0 counts"),
+])
+def test_bad_frames_are_one_line_errors(net, frames, message):
+    with pytest.raises(InputError) as error:
+        denoise_frames(frames, net, tile=64)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_tiles_are_pure_functions_of_the_seed(synth_store):
+    train, val = list_frame_sets([synth_store])
+    assert [s.frames for s in val] == [(5,)] and len(train[0].frames) == 9
+    one = TileDataset(train, 8, tile=32, scale=100.0, seed=3)
+    other = TileDataset(train, 8, tile=32, scale=100.0, seed=3, cache=FrameCache(100.0, max_frames=1))
+    for index in (0, 5, 8 + 5):  # item 5 of epochs 0 and 1
+        a, b = one[index], other[index]
+        assert torch.equal(a["input"], b["input"]) and torch.equal(a["target"], b["target"])
+        assert a["input"].shape == (1, 32, 32) and set(a["target"].unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(one[5]["input"], one[8 + 5]["input"])  # fresh draws every epoch
+
+
+def test_in_process_training_loss_falls_and_resumes(synth_store, tmp_path):
+    out = tmp_path / "model"
+    options = dict(workers=0, widths=TINY.widths, blocks=TINY.blocks, tile=32, tiles_per_epoch=64, val_tiles=16,
+                   batch_size=8, lr=3e-3, scale=50.0, progress=False)
+    train_labdct([synth_store], str(out), epochs=8, **options)
+    rows = read_history(out)
+    assert [r["epoch"] for r in rows] == list(range(8))
+    first, last = rows[0], rows[-1]
+    assert last["train_loss"] < 0.8 * first["train_loss"] and last["val_loss"] < first["val_loss"]
+    assert last["val_iou"] > first["val_iou"] + 0.2 and last["val_f1"] > 0.4  # spots of held-out frames found
+    assert (out / "loss_curve.png").stat().st_size > 0
+    model, info = load_model(out)
+    assert info.family == "labdct" and info.patch_size == 32 and info.normalisation["scale"] == 50.0
+    assert info.architecture["widths"] == list(TINY.widths) and isinstance(model, torch.nn.Module)
+    again = train_labdct([synth_store], str(out), epochs=9, **options)
+    assert again.resumed and read_history(out)[:8] == rows and read_history(out)[8]["start_epoch"] == 8
+
+
+def test_ray_train_two_workers_one_epoch_with_checkpoint(ray_local, synth_store, tmp_path):
+    out, storage = tmp_path / "model", tmp_path / "runs"
+    report = train_labdct([synth_store], str(out), workers=2, epochs=1, storage=str(storage), widths=TINY.widths,
+                          blocks=TINY.blocks, tile=32, tiles_per_epoch=32, val_tiles=8, batch_size=8, progress=False)
+    assert [r["workers"] for r in read_history(out)] == [2] and report.checkpoints.startswith(str(storage))
+    checkpoints = [p for p in Path(report.checkpoints).iterdir() if p.name.startswith("checkpoint_") and p.is_dir()]
+    assert len(checkpoints) == 1 and (checkpoints[0] / "state.pt").is_file()
+    assert load_model(out)[1].metrics["epochs"] == 1
+
+
+# ---------------------------------------------------------------- distributed denoising
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, net) -> Path:
+    path = tmp_path_factory.mktemp("model") / "model"
+    save_model(path, net, TINY, family="labdct", normalisation={"scale": 30.0}, patch_size=32)
+    return path
+
+
+def test_denoise_on_actors_equals_single_process_and_resumes(ray_local, net, model_dir, tmp_path):
+    frames, _ = _frames(7, (64, 96), 5)
+    dims = ("omega", "y", "x")
+    source = str(tmp_path / "frames.zarr")
+    write_dataset(source, xr.Dataset({"projection": (dims, frames)}, coords={"omega": ("omega", np.arange(7) * 3.0)}))
+    expected = denoise_frames(frames, net, scale=30.0, tile=64, overlap=16)  # the model directory's scale
+    options = dict(model=str(model_dir), tile=64, overlap=16, frames_per_task=2, progress=False)
+    out = str(tmp_path / "denoised.zarr")
+    report = denoise_labdct(source, out, workers=2, **options)
+    assert (report.frames, report.tasks, report.computed) == (7, 4, 4)
+    ds = open_dataset(out)
+    np.testing.assert_array_equal(ds.denoised.values, expected)
+    assert ds.denoised.dims == dims and ds.omega.values.tolist() == (np.arange(7) * 3.0).tolist()
+    assert ds.attrs["provenance"]["parameters"]["scale"] == 30.0
+
+    import zarr
+
+    (Path(out) / "_progress" / task_name(2)).unlink()  # as if the run had died before this slab
+    zarr.open_group(out, mode="r+").attrs["rayproc_status"] = "incomplete"
+    again = denoise_labdct(source, out, workers=1, **options)
+    assert (again.status, again.computed) == ("resumed", 1)
+    np.testing.assert_array_equal(open_dataset(out).denoised.values, expected)
+
+
+def test_denoise_reads_and_writes_s3(ray_local, net, model_dir, s3_bucket):
+    bucket, options = s3_bucket
+    frames, _ = _frames(3, (64, 64), 7)
+    write_dataset(resolve(f"{bucket}/in.zarr", options), xr.Dataset({"intensity": (("z", "y", "x"), frames)}))
+    report = denoise_labdct(f"{bucket}/in.zarr", f"{bucket}/out.zarr", model=str(model_dir), tile=64, workers=1,
+                            storage_options=options, progress=False)
+    assert report.url == f"{bucket}/out.zarr"
+    ds = open_dataset(resolve(report.url, options))
+    assert ds.denoised.dims == ("z", "y", "x")
+    np.testing.assert_array_equal(ds.denoised.values, denoise_frames(frames, net, scale=30.0, tile=64))
+
+
+def test_denoise_command_on_a_tiff_folder_and_bad_input(ray_local, net, model_dir, tmp_path, capsys):
+    import tifffile
+
+    frames, _ = _frames(3, (64, 64), 6)
+    folder = tmp_path / "tiffs"
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        tifffile.imwrite(folder / f"frame{index:03d}.tif", frame.astype(np.uint16))
+    out = tmp_path / "out.zarr"
+    args = ["labdct", "denoise", str(folder), str(out), "--model", str(model_dir), "--tile", "64", "--workers", "1",
+            "--no-progress"]
+    assert cli_main(args) == 0
+    expected = denoise_frames(frames.astype(np.uint16), net, scale=30.0, tile=64)
+    np.testing.assert_array_equal(open_dataset(out).denoised.values, expected)
+
+    np.save(tmp_path / "flat.npy", frames[0])
+    assert cli_main(["labdct", "denoise", str(tmp_path / "flat.npy"), str(tmp_path / "x.zarr"),
+                     "--model", str(model_dir), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("rayproc: error:") and "(N, H, W)" in error and "\n" not in error
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_job_entrypoint_runs_the_denoise_command():
+    result = subprocess.run([sys.executable, str(REPO / "jobs" / "denoise.py"), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "Denoise frames with the spot network" in result.stdout

@@ -1,0 +1,235 @@
+"""LabDCT data pipelines: background extraction, input synthesis, segmentation and evaluation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage as ndi
+
+from rayproc import storage
+from rayproc.cli import main as cli_main
+from rayproc.labdct.background import parametric_background
+from rayproc.labdct.spots import label_spots, match_spots
+from rayproc.labdct.synthesis import log_segmentation
+from rayproc.pipelines.labdct_background import extract_background_store
+from rayproc.pipelines.labdct_evaluate import SPOT_COLUMNS, evaluate_labdct, truth_snr
+from rayproc.pipelines.labdct_segment import parse_params, segment_labdct
+from rayproc.pipelines.labdct_simulate import simulate_labdct
+from rayproc.pipelines.labdct_synth import fit_background, synthesize_labdct, task_name
+
+SIM = dict(preset="D18", geometry="fe_farfield", projections=4, binning=8, seed=3, progress=False)
+TAU, I0 = 2.0, 110.0
+FRAMES, SIZE, LEVEL = 7, 96, 600.0
+BEAMSTOP = (slice(40, 56), slice(40, 56))
+
+
+def _tiny_net():
+    import torch
+
+    from rayproc.models.labdct_unet import LabdctNetConfig, build_labdct_net
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    return build_labdct_net(LabdctNetConfig(widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1))).eval()
+
+
+@pytest.fixture(scope="module")
+def known_background():
+    """A static background (max 1, beam-stop shadow) under moving spots and Poisson noise."""
+    rng = np.random.default_rng(1)
+    beamstop = np.zeros((SIZE, SIZE), bool)
+    beamstop[BEAMSTOP] = True
+    background = parametric_background((1, SIZE, SIZE), rng, beamstop=beamstop)[0]
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    frames = np.empty((FRAMES, SIZE, SIZE), np.float32)
+    for index in range(FRAMES):
+        image = LEVEL * background.astype(np.float64)
+        for cy, cx, amplitude in zip(*rng.uniform(0, SIZE, (2, 15)), rng.uniform(300, 2000, 15)):
+            image += amplitude * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.5**2))
+        frames[index] = rng.poisson(image)
+    return frames, background, beamstop
+
+
+@pytest.fixture(scope="module")
+def stores(ray_local, known_background, tmp_path_factory):
+    """Simulated stack, background store (from the known-background frames) and synthesis (2 workers)."""
+    root = tmp_path_factory.mktemp("labdct-pipelines")
+    frames, _, _ = known_background
+    np.save(root / "frames.npy", frames)
+    geometry = {"detector_pixels": [SIZE, SIZE], "beamstop_px": {"y": [40, 55], "z": [40, 55]}}  # BEAMSTOP
+    (root / "geometry.json").write_text(json.dumps(geometry))
+    simulate_labdct(str(root / "sim.zarr"), workers=2, **SIM)
+    extract_background_store(str(root / "frames.npy"), str(root / "bg.zarr"), rolling=FRAMES, dilation_radius=6.0,
+                             beamstop_from=str(root / "geometry.json"), command="test")
+    report = synthesize_labdct(str(root / "sim.zarr"), str(root / "bg.zarr"), str(root / "synth.zarr"), tau=TAU,
+                               i0=I0, seed=5, workers=2, progress=False, command="test")
+    assert report.computed == 4 and report.status == "created"
+    return root
+
+
+def test_background_store_recovers_the_known_background(stores, known_background):
+    _, truth, beamstop = known_background
+    ds = storage.open_dataset(str(stores / "bg.zarr"))
+    assert ds.background.dims == ("frame", "y", "x") and ds.background.dtype == np.float32
+    assert ds.attrs["provenance"]["parameters"]["rolling"] == FRAMES
+    estimate = ds.background.values
+    np.testing.assert_allclose(estimate.max(axis=(1, 2)), 1.0)
+    reference = truth / truth.max()
+    far = ~ndi.binary_dilation(beamstop, iterations=10)  # the smoothing blurs the beam-stop edge
+    far[:8], far[-8:], far[:, :8], far[:, -8:] = False, False, False, False
+    error = np.abs(estimate[:, far] / reference[far] - 1)
+    assert np.median(error) < 0.02 and np.percentile(error, 99) < 0.08
+    # the beam-stop shadow (kept as measured, then smoothed) stays in the background
+    np.testing.assert_array_equal(ds.beamstop.values, beamstop)
+    inner = np.zeros_like(beamstop)
+    inner[46:50, 46:50] = True
+    assert estimate[:, inner].mean() == pytest.approx(reference[inner].mean(), rel=0.1)
+
+
+def test_synth_follows_the_published_equations(stores):
+    sim = storage.open_dataset(str(stores / "sim.zarr"))
+    ds = storage.open_dataset(str(stores / "synth.zarr"))
+    c_bg = sim.attrs["background"]
+    assert ds.input.dims == ("omega", "y", "x") and ds.input.dtype == np.float32 and ds.target.dtype == np.uint8
+    np.testing.assert_array_equal(ds.background_frame.values, [0, 1, 2, 3])  # cycled
+    backgrounds = fit_background(storage.open_dataset(str(stores / "bg.zarr")).background.values, (128, 128))
+    clean = sim.projection.values.astype(np.float64)
+    signal = np.where(clean == 0, 0.0, clean - c_bg)  # beam stop: the background image's own shadow
+    x = ds.input.values.astype(np.float64)
+    assert x.min() >= 0  # never -C_BG under the beam stop
+    standardised = []
+    for p in range(4):
+        x0_over_r = backgrounds[p].astype(np.float64)
+        quiet = (signal[p] == 0) & (x0_over_r > 0.2)  # no spot: x0 = R_BG I_BG
+        # E[x] = (1 + tau / 2) R_BG I_BG with R_BG in I0 +- sqrt(I0)
+        r_bg = x[p][quiet].sum() / ((1 + TAU / 2) * x0_over_r[quiet].sum())
+        assert I0 - np.sqrt(I0) - 1 < r_bg < I0 + np.sqrt(I0) + 1
+        x0 = r_bg * x0_over_r[quiet]
+        standardised.append((x[p][quiet] - (1 + TAU / 2) * x0) / np.sqrt(TAU**2 * x0 / 2))
+    # Var[x] = tau^2 x0 / 2: unit variance (about 5000 pixels, standard error 0.02)
+    z = np.concatenate(standardised)
+    assert len(z) > 3000 and abs(z.mean()) < 0.03 and z.var() == pytest.approx(1.0, abs=0.07)
+    # targets: LoG segmentation of the noise-free projection, inside the simulated spots
+    target = ds.target.values
+    assert set(np.unique(target)) <= {0, 255} and (target > 0).mean() > 0.05
+    np.testing.assert_array_equal(target, log_segmentation(signal))
+    assert (ds.spot_label.values[target > 0] > 0).mean() > 0.99
+    np.testing.assert_array_equal(ds.spot_label.values, sim.spot_label.values)
+    # spot table copied, plus the SNR of eq. I / (tau sqrt(A I0 <I_BG> / 2))
+    np.testing.assert_array_equal(ds.spot_intensity.values, sim.spot_intensity.values)
+    rows = np.flatnonzero((ds.spot_projection.values == 2) & (ds.spot_area_px.values > 0))[:20]
+    level = ndi.mean(backgrounds[2], sim.spot_label.values[2], ds.spot_id.values[rows])
+    expected = ds.spot_intensity.values[rows] / (TAU * np.sqrt(ds.spot_area_px.values[rows] * I0 * level / 2))
+    np.testing.assert_allclose(ds.spot_snr.values[rows], expected, rtol=1e-9)
+
+
+def test_synth_bit_identical_for_one_and_two_workers_and_resumes(stores, tmp_path):
+    args = dict(tau=TAU, i0=I0, seed=5, progress=False, command="test")
+    one = str(tmp_path / "one.zarr")
+    synthesize_labdct(str(stores / "sim.zarr"), str(stores / "bg.zarr"), one, workers=1, **args)
+    a, b = storage.open_dataset(str(stores / "synth.zarr")), storage.open_dataset(one)
+    for name in ("input", "target", "spot_snr"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    # forget two projections and the completion flag, as if the run had been killed
+    resumed = tmp_path / "resumed.zarr"
+    shutil.copytree(one, resumed)
+    for p in (1, 3):
+        (resumed / "_progress" / task_name(p)).unlink()
+        zarr.open_array(str(resumed / "input"), mode="r+")[p] = 0
+    zarr.open_group(str(resumed), mode="r+").attrs["rayproc_status"] = "incomplete"
+    report = synthesize_labdct(str(stores / "sim.zarr"), str(stores / "bg.zarr"), str(resumed), workers=2, **args)
+    assert report.status == "resumed" and report.computed == 2
+    np.testing.assert_array_equal(storage.open_dataset(str(resumed)).input.values, a.input.values)
+
+
+def test_fit_background_crops_and_resizes():
+    frames = np.ones((2, 60, 100), np.float32)
+    frames[:, :, :20] = frames[:, :, 80:] = 5.0  # cropped away to the square aspect ratio
+    frames[:, 30:, 20:80] = 0.5
+    fitted = fit_background(frames, (120, 120))
+    assert fitted.shape == (2, 120, 120) and fitted.max() == 1.0
+    assert fitted[:, 5:55].mean() == pytest.approx(1.0) and fitted[:, 65:].mean() == pytest.approx(0.5)
+
+
+def test_segment_standard_finds_the_true_spots(stores, tmp_path):
+    out = str(tmp_path / "seg.zarr")
+    params = {"background": 120.0, "sigma": 1.0, "percentage": 20.0, "min_size": 4, "n_rolling": 5}
+    report = segment_labdct(str(stores / "synth.zarr"), out, method="standard", params=json.dumps(params),
+                            command="test")
+    ds = storage.open_dataset(out)
+    assert ds.spot_label.dims == ("omega", "y", "x") and ds.spot_label.dtype == np.int32
+    assert report.spots == ds.sizes["spot"] == int(ds.spot_label.values.max())
+    assert {"spot_frame", "spot_id", "spot_centroid_y_px", "spot_area_px", "spot_intensity"} <= set(ds.data_vars)
+    truth = label_spots(storage.open_dataset(str(stores / "synth.zarr")).target.values)
+    labels = ds.spot_label.values
+    f1 = match_spots(labels, truth)["f1"]
+    chance = match_spots(np.roll(labels, 7, axis=2), truth)["f1"]  # same spots, wrong places
+    assert f1 > 0.6 and f1 > chance + 0.4
+
+
+def test_segment_dl_stores_probability_and_labels(stores, tmp_path):
+    out = str(tmp_path / "dl.zarr")
+    segment_labdct(str(stores / "synth.zarr"), out, method="dl", model=_tiny_net(), threshold=0.5, command="test")
+    ds = storage.open_dataset(out)
+    denoised, labels = ds.denoised.values, ds.spot_label.values
+    assert denoised.shape == labels.shape == (4, 128, 128) and 0 <= denoised.min() and denoised.max() <= 1
+    assert ((labels > 0) <= (denoised >= 0.5)).all()
+    assert labels.max() == 0 or np.bincount(labels.ravel())[1:].min() >= 4  # dl_spot_labels' min_size
+
+
+def test_truth_snr_takes_the_dominant_simulated_spot():
+    truth = np.zeros((1, 6, 6), int)
+    truth[0, :2, :3] = 1
+    truth[0, 4:, 4:] = 2
+    sim = np.zeros_like(truth)
+    sim[0, :2, :2], sim[0, :2, 2] = 7, 8  # spot 1: mostly simulated spot 7
+    table = {"spot_projection": np.array([3, 3, 4]), "spot_id": np.array([7, 8, 7]), "spot_snr": np.array([4., 9., 1.])}
+    np.testing.assert_allclose(truth_snr(truth, sim, [3], table), [4.0, np.nan])
+    np.testing.assert_allclose(truth_snr(truth, np.zeros_like(sim), [3], table), [np.nan, np.nan])
+    table["spot_id"] = np.array([7, 8, 16])  # 2 * 9 + 16 = 3 * 9 + 7: keys must not collide
+    table["spot_projection"] = np.array([3, 3, 2])
+    np.testing.assert_allclose(truth_snr(truth, sim, [3], table), [4.0, np.nan])
+
+
+def test_evaluate_writes_tables_and_figures(stores, tmp_path):
+    real = tmp_path / "real.npy"
+    np.save(real, storage.open_dataset(str(stores / "synth.zarr")).input.values[:3])
+    grid = {"background": [2.0, 4.0], "sigma": [1.0, 1.5], "percentage": [20.0], "min_size": [4]}
+    report = evaluate_labdct(str(stores / "synth.zarr"), str(tmp_path / "eval"), model=_tiny_net(), grid=grid,
+                             real=str(real), command="test")
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(record["methods"]) == {"dl", "standard"}
+    for scores in record["methods"].values():
+        assert set(SPOT_COLUMNS) <= set(scores)
+    standard = record["methods"]["standard"]
+    assert standard["f1"] > 0.6 and record["tuned"]["tune_projections"] == 2
+    snr = record["recall_by_snr"]
+    assert sum(snr["count"]) == standard["n_true"] and len(snr["standard"]) == len(snr["edges"]) - 1
+    assert {"residual_mean", "residual_std", "dl_spots_per_frame", "standard_spots_per_frame"} <= set(record["real"])
+    assert len(record["tuning_table"]["f1"]) == 4
+    markdown = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "| method | precision | recall | F1 | pixel IoU |" in markdown and "| SNR | true spots |" in markdown
+    for name in ("panels_synthetic.png", "profiles_weak_spots.png", "recall_by_snr.png", "panels_real.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 1000 and name in markdown
+    tuned = parse_params(str(tmp_path / "eval" / "standard_params.json"))
+    assert tuned.background == pytest.approx(report.tuned["params"]["background"])
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["synth", "{sim}", "{bg}", "{out}", "--mode", "gaussian"], "poisson"),
+    (["synth", "{sim}", "{sim}", "{out}"], "no 'background' variable"),
+    (["segment", "{synth}", "{out}", "--method", "cnn"], "standard"),
+    (["segment", "{synth}", "{out}", "--method", "standard", "--params", '{{"sigmaa": 1}}'], "sigmaa"),
+    (["background", "{missing}", "{out}"], "not found"),
+    (["evaluate", "{sim}", "--out", "{out}"], "not a synthesised"),
+])
+def test_bad_input_is_one_line(stores, tmp_path, capsys, args, expected):
+    paths = {"sim": stores / "sim.zarr", "bg": stores / "bg.zarr", "synth": stores / "synth.zarr",
+             "out": tmp_path / "out.zarr", "missing": tmp_path / "nothing-here"}
+    code = cli_main(["labdct", *(a.format(**paths) for a in args)])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
