@@ -5,7 +5,8 @@ stitcher (:func:`rayproc.bcdi.inpaint.inpaint_volume`) with the published settin
 each candidate (stride, blend), and prints the in-gap PCC (Masto et al. 2024, eq. 1), its
 difference to the published one, the number of portions and the speed-up.
 
-Targets for the default (stride 16, gaussian): |delta PCC| <= 0.002 and speed-up >= 50x at 128^3.
+Targets for the default (stride 16, gaussian): PCC at most 0.002 below the published one, and a
+speed-up >= 50x at 128^3.
 The published run evaluates ~19,000 portions at 128^3 (about 10 min on 2 cores with the default
 network); ``--size 64`` (~2,200 portions) gives a quick check.
 
@@ -68,7 +69,7 @@ def main() -> None:
         flag = "  <- published" if (stride, blend) == reference else flag
         print(f"{stride:>6} {blend:>9} {windows:>8} {mean_pcc:8.4f} {delta:+8.4f} {seconds[stride, blend]:8.1f} "
               f"{seconds[reference] / seconds[stride, blend]:7.1f}x{flag}")
-    print("targets for the default: |dPCC| <= 0.002, speed-up >= 50x (at 128^3)")
+    print("targets for the default: dPCC >= -0.002 (no worse than published), speed-up >= 50x (at 128^3)")
 
 
 def _model(directory):

@@ -35,7 +35,6 @@ import numpy as np
 
 from rayproc.errors import InputError
 from rayproc.labdct.spots import label_spots
-from rayproc.models.artifact import register_family
 from rayproc.models.labdct_unet import build_labdct_net
 from rayproc.options import look_up_option
 from rayproc.stitching import BLEND_MODES, grid_windows, sliding_window_predict
@@ -49,8 +48,6 @@ DEFAULT_BATCH_SIZE = 8
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_SIZE = 4
 
-register_family(FAMILY, build_labdct_net)
-
 
 def _as_frames(frames, name: str = "frames") -> np.ndarray:
     frames = np.asarray(frames, dtype=np.float32)
@@ -60,7 +57,6 @@ def _as_frames(frames, name: str = "frames") -> np.ndarray:
     if bad:
         raise InputError(f"{name} hold {bad} NaN/Inf value(s); clean or mask them first.")
     return frames
-
 
 def normalise_frames(frames, *, scale: float = DEFAULT_SCALE) -> np.ndarray:
     """Put raw frames on the network's intensity scale.
@@ -108,7 +104,6 @@ def normalise_frames(frames, *, scale: float = DEFAULT_SCALE) -> np.ndarray:
         )
     return (np.log1p(counts / median[:, None, None]) / np.log1p(scale)).astype(np.float32)
 
-
 def plan_tiles(frame_shape, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, divisor: int = 32):
     """Tile shape and padded frame shape for a frame of ``frame_shape``.
 
@@ -148,7 +143,6 @@ def plan_tiles(frame_shape, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_
     stride = tuple(max(p - int(overlap), 1) for p in patch)
     return patch, padded, stride
 
-
 def predict_tiles(model, tiles, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
     """Run the network on normalised tiles, always in batches of exactly ``batch_size``.
 
@@ -187,7 +181,6 @@ def predict_tiles(model, tiles, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.n
             batch[: len(part)] = torch.from_numpy(part)
             outputs.append(model(batch.to(device))[: len(part)].float().cpu().numpy())
     return np.concatenate(outputs).reshape(tiles.shape)
-
 
 def denoise_frames(
     frames,
@@ -261,7 +254,6 @@ def denoise_frames(
     )
     return np.clip(mean[:, : frames.shape[1], : frames.shape[2]], 0, 1)
 
-
 def dl_spot_labels(denoised, *, threshold: float = DEFAULT_THRESHOLD, min_size: int = DEFAULT_MIN_SIZE) -> np.ndarray:
     """Spots of a denoised stack: pixels at or above ``threshold``, labelled, small ones dropped.
 
@@ -298,7 +290,6 @@ def dl_spot_labels(denoised, *, threshold: float = DEFAULT_THRESHOLD, min_size: 
     small = np.bincount(labels.ravel()) < min_size
     small[0] = True
     return label_spots(~small[labels])
-
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

@@ -46,7 +46,10 @@ PROVENANCE_FILE = "provenance.json"
 DEFAULT_MODEL = "bcdi-default"
 
 # family -> (module, function) of a builder ``f(architecture: dict) -> nn.Module``, imported on use.
-_BUILTIN_FAMILIES = {"bcdi": ("rayproc.models.bcdi_unet", "build_bcdi_net")}
+_BUILTIN_FAMILIES = {
+    "bcdi": ("rayproc.models.bcdi_unet", "build_bcdi_net"),
+    "labdct": ("rayproc.models.labdct_unet", "build_labdct_net"),
+}
 _REGISTERED: dict[str, Callable[[dict], nn.Module]] = {}
 
 
