@@ -6,7 +6,9 @@ to [0, 1], with a 6-px cross as the mask channel): windows tile the whole volume
 the throughput of each (portions/s over ``--repeats`` paired runs), the median ratio and the
 largest difference between the two results.
 
-Target: ours / MONAI >= 1.0, max |difference| at float32 rounding.
+Target: ours / MONAI >= 1.0, max |difference| at float32 rounding. The page-fault counts show
+allocator churn: glibc returns freed blocks to the kernel and refaults them
+(``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_`` or jemalloc change that).
 
     python benchmarks/inpaint_vs_monai.py [--size 96] [--batch-size 8] [--threads 2]
 """
@@ -14,6 +16,7 @@ Target: ours / MONAI >= 1.0, max |difference| at float32 rounding.
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 
@@ -68,12 +71,15 @@ def main() -> None:
                                               mode="constant", predictor=lambda t: network(t[:, :1], t[:, 1:]))
         return result[0, 0].numpy()
 
-    results, rates, ours_seconds = {}, {"rayproc": [], "monai": []}, 0.0
-    for _ in range(args.repeats):  # paired runs: a busy machine slows both sides of a pair alike
-        for name, run in (("rayproc", ours), ("monai", monai)):
+    results, rates, faults, ours_seconds = {}, {"rayproc": [], "monai": []}, {"rayproc": 0, "monai": 0}, 0.0
+    pair = (("rayproc", ours), ("monai", monai))
+    for repeat in range(args.repeats):  # paired runs, alternating which goes first
+        for name, run in pair[:: 1 if repeat % 2 == 0 else -1]:
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             started = time.perf_counter()
             results[name] = run()
             seconds = time.perf_counter() - started
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
             rates[name].append(len(origins) / seconds)
             ours_seconds += seconds if name == "rayproc" else 0.0
     ratios = np.divide(rates["rayproc"], rates["monai"])
@@ -81,7 +87,8 @@ def main() -> None:
     print(f"sliding-window inference, {args.size}^3 volume, {len(origins)} portions of 32^3 (overlap {args.overlap}), "
           f"batch {args.batch_size}, {args.threads} torch threads, {args.repeats} paired runs")
     for name, rate in rates.items():
-        print(f"  {name:8s} {max(rate):7.1f} portions/s (best), {np.median(rate):7.1f} (median)")
+        print(f"  {name:8s} {max(rate):7.1f} portions/s (best), {np.median(rate):7.1f} (median), "
+              f"{faults[name] // args.repeats} minor page faults per run")
     print(f"  throughput ratio rayproc / monai: median {np.median(ratios):.3f}, per pair "
           f"{' '.join(f'{r:.2f}' for r in ratios)} (target >= 1.0)")
     print(f"  rayproc time outside the network (crop, merge, blend): "

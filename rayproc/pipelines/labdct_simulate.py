@@ -21,6 +21,7 @@ from rayproc.errors import InputError
 from rayproc.physics.labdct_geometry import GEOMETRY_PRESETS, LabdctGeometry, geometry_from_json
 from rayproc.physics.labdct_projection import SPOT_TABLE_KEYS, simulate_projection
 from rayproc.physics.polycrystal import POLYCRYSTAL_PRESETS, Polycrystal, make_polycrystal
+from rayproc.physics.spectrum import tube_spectrum
 from rayproc.options import look_up_option
 from rayproc.runtime import ray_session, run_stage
 from rayproc.storage import (
@@ -73,6 +74,7 @@ class _ProjectionWriter:
         self.location, self.seed, self.options = location, seed, options
         self.geometry = LabdctGeometry.from_dict(geometry)
         self.sample: Polycrystal | None = None
+        tube_spectrum()  # SpekPy takes ~1 s; pay it while the actor starts, not on its first projection
 
     def __call__(self, item) -> int:
         index, (sample_ref,) = item
@@ -167,6 +169,7 @@ def simulate_labdct(
             attrs={"title": f"simulated LabDCT projections, {preset} polycrystal", "background": background},
             provenance_attrs=provenance(command or command_line(), params, seed=seed),
             overwrite=overwrite,
+            compression="blosc-lz4",
         )
         if status == "complete":
             return LabdctSimulationReport(location.url, n, 0, -1, status)

@@ -16,8 +16,18 @@ from tqdm.auto import tqdm
 _END = object()
 
 
+def _limit_codec_threads(cpus: float) -> None:
+    """Keep Blosc (de)compression to the actor's CPU share; by default it uses every core."""
+    try:
+        import numcodecs.blosc
+    except ImportError:  # pragma: no cover - numcodecs is a dependency
+        return
+    numcodecs.blosc.set_nthreads(max(1, int(cpus)))
+
+
 class _StageActor:
-    def __init__(self, factory: Callable[[], Callable[[Any], Any]]):
+    def __init__(self, factory: Callable[[], Callable[[Any], Any]], cpus: float = 1.0):
+        _limit_codec_threads(cpus)
         self._stage = factory()
 
     def run(self, item):
@@ -54,7 +64,7 @@ def run_stage(
     actor_cls = ray.remote(_StageActor).options(
         num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=-1
     )
-    actors = [actor_cls.remote(factory) for _ in range(workers)]
+    actors = [actor_cls.remote(factory, cpus_per_worker) for _ in range(workers)]
     if on_start:
         on_start(actors)
     pending: dict = {}  # ref -> actor slot

@@ -39,7 +39,7 @@ from rayproc.storage.location import Location, filesystem, redacted, resolve
 
 STATUS_KEY = "rayproc_status"
 PROGRESS_DIR = "_progress"
-COMPRESSIONS = ("blosc-zstd", "zstd", "none")
+COMPRESSIONS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,8 @@ def _codecs(compression: str):
     compression = look_up_option(compression, COMPRESSIONS, name="compression")
     if compression == "blosc-zstd":
         return (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),)
+    if compression == "blosc-lz4":  # sparse images (LabDCT frames): 10x faster, better ratio than bitshuffle+zstd
+        return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
     if compression == "zstd":
         return (ZstdCodec(level=3),)
     return ()
