@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from rayproc.bcdi.baselines import interpolate_gaps
 from rayproc.bcdi.gaps import GapSpec, gap_mask, random_gap
 from rayproc.errors import InputError
 from rayproc.models.bcdi_unet import (
@@ -12,6 +13,7 @@ from rayproc.models.bcdi_unet import (
     build_bcdi_net,
     count_parameters,
     flops_per_portion,
+    line_fill,
     pull_push_fill,
 )
 from rayproc.models.losses import gradient_l1, inpainting_loss, ssim, ssim3d
@@ -42,10 +44,11 @@ def gap_masks(rng, n, size, widths=(3, 4)):
 
 def test_configs_take_the_architecture_defaults_and_round_trip():
     default = BcdiNetConfig()
-    assert (default.arch, default.in_channels, default.composite, default.fill_prior) == (
+    assert (default.arch, default.in_channels, default.composite, default.fill_prior, default.prior_input) == (
         "gapnet",
         2,
         True,
+        "linear",
         True,
     )
     masto = BcdiNetConfig("masto2024")
@@ -61,6 +64,7 @@ def test_configs_take_the_architecture_defaults_and_round_trip():
     [
         {"arch": "masto2024", "depth": 3},
         {"arch": "masto2024", "fill_prior": True},
+        {"arch": "masto2024", "prior_input": True},
         {"arch": "gapnet", "in_channels": 1},
         {"arch": "gapnet", "base_channels": 2, "dilations": (1, 2, 3)},
         {"arch": "gapnet", "dilations": (0, 1)},
@@ -71,9 +75,19 @@ def test_invalid_configs_are_refused(kwargs):
         BcdiNetConfig(**kwargs)
 
 
+def test_configs_written_before_the_linear_prior_load_as_pull_push():
+    legacy = {"arch": "gapnet", "base_channels": 8, "depth": 3, "dilations": [1, 2, 3, 4],
+              "in_channels": 2, "composite": True, "fill_prior": True}
+    config = BcdiNetConfig.from_dict(legacy)
+    assert (config.fill_prior, config.prior_input) == ("pull-push", False)
+    assert BcdiNetConfig.from_dict({**legacy, "fill_prior": False}).fill_prior == "none"
+
+
 def test_unknown_architecture_suggests_the_close_one():
     with pytest.raises(ValueError, match="masto2024"):
         BcdiNetConfig("masto2023")
+    with pytest.raises(ValueError, match="linear"):
+        BcdiNetConfig("gapnet", fill_prior="liner")
 
 
 # --- networks ------------------------------------------------------------------------------
@@ -96,14 +110,32 @@ def test_gapnet_passes_known_voxels_through_and_ignores_gap_contents():
     assert torch.equal(y, y_other_gap_values)
 
 
-def test_gapnet_starts_as_the_pull_push_fill():
+@pytest.mark.parametrize("prior", ["linear", "pull-push"])
+def test_gapnet_starts_as_its_fill_prior(prior):
     rng = np.random.default_rng(1)
     x, mask = smooth_fields(rng, 2, 16), gap_masks(rng, 2, 16)
     with torch.no_grad():
-        y = build_bcdi_net(TINY_GAPNET)(x, mask)
-        fill = pull_push_fill(x * (1 - mask), 1 - mask)
+        y = build_bcdi_net({**TINY_GAPNET.to_dict(), "fill_prior": prior})(x, mask)
+        fill = (line_fill if prior == "linear" else pull_push_fill)(x * (1 - mask), 1 - mask)
     gap = mask > 0
     torch.testing.assert_close(y[gap], fill[gap].clamp(1e-3, 1 - 1e-3), atol=1e-5, rtol=0)
+
+
+def test_line_fill_matches_the_linear_baseline_across_plane_gaps():
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.random((2, 1, 12, 12, 12)))
+    mask = torch.zeros_like(x)
+    mask[0, 0, :, :, 4:7] = 1  # a plane gap along x
+    mask[1, 0, 2:5] = 1  # one along z
+    fill = line_fill(x * (1 - mask), 1 - mask)
+    for b in range(2):
+        expected = interpolate_gaps(x[b, 0].numpy(), mask[b, 0].numpy() > 0, "linear")
+        np.testing.assert_allclose(fill[b, 0].numpy(), expected, atol=1e-12)
+    cross = torch.zeros_like(mask)
+    cross[..., 4:7] = 1
+    cross[..., 5:8, :] = 1
+    crossed = line_fill(x * (1 - cross), 1 - cross)
+    assert torch.equal(crossed[cross == 0], x[cross == 0]) and torch.isfinite(crossed).all()
 
 
 def test_pull_push_fill_keeps_known_values_and_blends_them_into_gaps():

@@ -11,12 +11,16 @@ zeroed on entry whatever they hold.
   of stride-1 transposed convolutions and nearest-neighbour upsampling with skip connections,
   a three-layer output head, LeakyReLU(0.2) and the sigmoid ``1 / (1 + exp(-1.5 z))``. It
   sees only the gapped portion (1 input channel).
-* ``"gapnet"`` (default): a cheaper, mask-aware U-Net. It sees the gapped portion and the
-  mask (2 channels), uses dilated blocks at every level and learned (stride-2 transposed
-  convolution) upsampling, predicts a correction in logit space to a parameter-free
-  pull-push fill of the gap [2]_, and passes known voxels through unchanged. At the default
-  width: 0.49 GFLOP and 167 k parameters per 32^3 portion, against 4.77 GFLOP and 2.77 M
-  for the published network (see :func:`flops_per_portion`).
+* ``"gapnet"`` (default): a cheaper, mask-aware U-Net. It sees the portion with its gap
+  pre-filled by a parameter-free prior and the mask (2 channels), uses dilated blocks at
+  every level and learned (stride-2 transposed convolution) upsampling, predicts a
+  correction in logit space to that prior, and passes known voxels through unchanged. The
+  prior is linear interpolation across the gap (:func:`line_fill`, the classical baseline of
+  [1]_), falling back on pull-push [2]_ where no line crosses the gap; with its output layer
+  zero-initialised, an untrained gapnet *is* linear interpolation, and training learns what
+  interpolation misses (fringe curvature, noise). At the default width: 0.49 GFLOP and
+  167 k parameters per 32^3 portion, against 4.77 GFLOP and 2.77 M for the published
+  network (see :func:`flops_per_portion`).
 
 References
 ----------
@@ -47,7 +51,8 @@ _ARCH_DEFAULTS = {
         "dilations": (1, 2, 3, 4),
         "in_channels": 2,
         "composite": True,
-        "fill_prior": True,
+        "fill_prior": "linear",
+        "prior_input": True,
     },
     "masto2024": {
         "base_channels": 32,
@@ -55,7 +60,8 @@ _ARCH_DEFAULTS = {
         "dilations": (1, 2, 3, 4),
         "in_channels": 1,
         "composite": False,
-        "fill_prior": False,
+        "fill_prior": "none",
+        "prior_input": False,
     },
 }
 # Published masto2024 widths at base_channels=32: decoder (bottom to top) and output head.
@@ -63,6 +69,7 @@ _MASTO_DECODER_WIDTHS = (478, 222, 96, 32)
 _MASTO_HEAD = ((24, 4), (12, 3), (6, 2))  # (channels, kernel)
 _MASTO_LEVEL2_DILATIONS = (1, 2, 2, 3)  # 2^3 kernels in the second dilated block
 _SLOPE = 0.2
+FILL_PRIORS = ("linear", "pull-push", "none")
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,13 @@ class BcdiNetConfig:
         Network input channels: 2 for gapnet (portion, mask), 1 for masto2024 (portion).
     composite : bool
         Return ``mask y + (1 - mask) x`` (known voxels passed through).
-    fill_prior : bool
-        gapnet only: predict a logit-space correction to :func:`pull_push_fill`.
+    fill_prior : {"linear", "pull-push", "none"}
+        gapnet only: predict a logit-space correction to :func:`line_fill` or
+        :func:`pull_push_fill` ("none": predict the gap outright). Model directories written
+        before this option hold ``true`` (pull-push) or ``false`` (none).
+    prior_input : bool
+        gapnet only: feed the prior-filled portion to the network instead of one with the gap
+        zeroed (directories written before this option: ``false``).
     """
 
     arch: str = "gapnet"
@@ -98,7 +110,8 @@ class BcdiNetConfig:
     dilations: tuple[int, ...] | None = None
     in_channels: int | None = None
     composite: bool | None = None
-    fill_prior: bool | None = None
+    fill_prior: str | None = None
+    prior_input: bool | None = None
 
     def __post_init__(self):
         arch = look_up_option(self.arch, ARCHS, name="architecture")
@@ -106,9 +119,12 @@ class BcdiNetConfig:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        if isinstance(self.fill_prior, bool):  # older model directories
+            object.__setattr__(self, "fill_prior", "pull-push" if self.fill_prior else "none")
+        object.__setattr__(self, "fill_prior", look_up_option(self.fill_prior, FILL_PRIORS, name="fill prior"))
         fixed = {"in_channels": _ARCH_DEFAULTS[arch]["in_channels"]}
         if arch == "masto2024":
-            fixed.update(depth=4, fill_prior=False)
+            fixed.update(depth=4, fill_prior="none", prior_input=False)
         wrong = {k: getattr(self, k) for k, v in fixed.items() if getattr(self, k) != v}
         if (
             wrong
@@ -131,6 +147,7 @@ class BcdiNetConfig:
             "in_channels": self.in_channels,
             "composite": self.composite,
             "fill_prior": self.fill_prior,
+            "prior_input": self.prior_input,
         }
 
     @classmethod
@@ -138,6 +155,8 @@ class BcdiNetConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if known.get("dilations") is not None:
             known["dilations"] = tuple(known["dilations"])
+        if "fill_prior" in known and "prior_input" not in known:  # written before prior_input existed
+            known["prior_input"] = False
         return cls(**known)
 
 
@@ -202,6 +221,56 @@ def pull_push_fill(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         coarse = F.interpolate(fill, size=total.shape[2:], mode=mode, align_corners=False)
         fill = total + (1 - weight) * coarse
     return fill
+
+
+def line_fill(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Fill unknown voxels by linear interpolation across the gap (batched, 2D or 3D).
+
+    The torch counterpart of :func:`rayproc.bcdi.baselines.interpolate_gaps` (``"linear"``)
+    in one pass: each unknown voxel takes the straight line between the known voxels that
+    bound its run of unknown voxels along one axis, choosing the axis with the shortest
+    bounded run (across a plane gap, the axis normal to it). Voxels with no bounded run (where
+    gaps cross, or a gap meets the array's edge) are filled by :func:`pull_push_fill` from
+    everything known or interpolated.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (B, C, H, W) or (B, C, D, H, W)
+        Values (any on unknown voxels).
+    known : torch.Tensor, same shape, float
+        1 where ``x`` is known, 0 elsewhere.
+
+    Returns
+    -------
+    torch.Tensor, shape of ``x``
+        ``x`` on known voxels, interpolated values elsewhere.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[[0.0, 1.0, 9.0, 9.0, 4.0, 5.0]]])
+    >>> line_fill(x, (x < 9).float()).tolist()
+    [[[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]]
+    """
+    is_known = known > 0.5
+    best_length = torch.full_like(x, float("inf"))
+    value = x * known
+    for axis in range(2, x.dim()):
+        n = x.shape[axis]
+        shape = [1] * x.dim()
+        shape[axis] = n
+        index = torch.arange(n, device=x.device).view(shape).expand_as(x)
+        before = torch.where(is_known, index, -1).cummax(axis).values  # last known index <= i
+        flipped = torch.where(is_known.flip(axis), index, -1).cummax(axis).values.flip(axis)
+        after = torch.where(flipped >= 0, n - 1 - flipped, n)  # first known index >= i
+        length = (after - before).to(x.dtype)
+        bounded = ~is_known & (before >= 0) & (after < n) & (length < best_length)
+        left = x.gather(axis, before.clamp(min=0))
+        right = x.gather(axis, after.clamp(max=n - 1))
+        line = left + (index - before).to(x.dtype) / length.clamp_min(1) * (right - left)
+        value = torch.where(bounded, line, value)
+        best_length = torch.where(bounded, length, best_length)
+    filled = is_known | torch.isfinite(best_length)
+    return pull_push_fill(value, filled.to(x.dtype))
 
 
 class _BcdiNet(nn.Module):
@@ -277,7 +346,7 @@ class Masto2024Net(_BcdiNet):
 
 
 class GapNet(_BcdiNet):
-    """Mask-aware dilated U-Net predicting a correction to a pull-push fill (module docstring)."""
+    """Mask-aware dilated U-Net predicting a correction to a parameter-free fill (module docstring)."""
 
     def __init__(self, config: BcdiNetConfig):
         super().__init__(config)
@@ -303,7 +372,11 @@ class GapNet(_BcdiNet):
         nn.init.zeros_(self.head.bias)
 
     def predict(self, gapped, mask):
-        skips, h = [], torch.cat([gapped, mask], dim=1)
+        prior = None
+        if self.config.fill_prior != "none":
+            fill = line_fill if self.config.fill_prior == "linear" else pull_push_fill
+            prior = fill(gapped, 1 - mask)
+        skips, h = [], torch.cat([prior if self.config.prior_input else gapped, mask], dim=1)
         for level, block in enumerate(self.encoder):
             if level:
                 h = F.max_pool3d(h, 2)
@@ -312,8 +385,8 @@ class GapNet(_BcdiNet):
         for level in reversed(range(self.config.depth)):
             h = self.fuse[level](torch.cat([self.up[level](h), skips[level]], dim=1))
         logits = self.head(h)
-        if self.config.fill_prior:
-            logits = logits + torch.logit(pull_push_fill(gapped, 1 - mask), eps=1e-3)
+        if prior is not None:
+            logits = logits + torch.logit(prior, eps=1e-3)
         return torch.sigmoid(logits)
 
 
@@ -356,7 +429,7 @@ def flops_per_portion(model: nn.Module, size: int = 32) -> int:
     Counts the multiply-adds (MACs) of every convolution and transposed convolution with
     forward hooks and reports FLOPs = 2 MACs. A convolution costs ``out.numel() (C_in /
     groups) prod(kernel)`` MACs, a transposed one ``in.numel() (C_out / groups)
-    prod(kernel)``. Biases, activations, pooling, upsampling, the pull-push fill and the
+    prod(kernel)``. Biases, activations, pooling, upsampling, the fill prior and the
     composite are not counted (together well under 1 % here).
 
     Parameters
@@ -409,5 +482,6 @@ __all__ = [
     "build_bcdi_net",
     "count_parameters",
     "flops_per_portion",
+    "line_fill",
     "pull_push_fill",
 ]
