@@ -97,3 +97,60 @@ def test_unreachable_ray_address_one_line(tmp_path):
         line for line in result.stderr.strip().splitlines() if "cannot reach the Ray cluster" in line
     ]
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.fixture(scope="module")
+def s3_with_auth(tmp_path_factory, s3_server):  # s3_server: test credentials and region in the env
+    """A second S3 server that checks signatures and IAM policies (moto auth on after setup)."""
+    import boto3
+
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+    # The four setup calls below run unauthenticated; every later request is checked.
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}, stdout=log, stderr=log)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        iam = boto3.client("iam", endpoint_url=endpoint)
+        iam.create_user(UserName="beamline")
+        iam.put_user_policy(UserName="beamline", PolicyName="s3", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'))
+        key = iam.create_access_key(UserName="beamline")["AccessKey"]
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="authed")
+        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()
+
+
+@pytest.mark.parametrize("wrong", ["secret", "key id"])
+def test_wrong_credentials_one_line_and_nothing_written(tmp_path, s3_with_auth, wrong):
+    endpoint, key_id, secret = s3_with_auth
+    np.save(tmp_path / "v.npy", np.ones((4, 4, 4), np.float32))
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
+    good, bad_store = f"good-{wrong.replace(' ', '-')}.zarr", f"bad-{wrong.replace(' ', '-')}.zarr"
+    ok = _rayproc("ingest", str(tmp_path / "v.npy"), f"s3://authed/{good}",
+                  "--storage-option", f"endpoint_url={endpoint}", env=env)
+    assert ok.returncode == 0, ok.stderr  # the right key works against the same server
+
+    bad = {**env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"} if wrong == "secret" else \
+        {**env, "AWS_ACCESS_KEY_ID": "AKIANOTAREALKEY00000"}
+    result = _rayproc("ingest", str(tmp_path / "v.npy"), f"s3://authed/{bad_store}",
+                      "--storage-option", f"endpoint_url={endpoint}", env=bad)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rayproc: error:"), result.stderr
+    assert "not-the-secret" not in result.stderr
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key_id, aws_secret_access_key=secret)
+    names = [o["Key"] for o in s3.list_objects_v2(Bucket="authed").get("Contents", [])]
+    assert not any(n.startswith(bad_store) for n in names)
+    assert any(n.startswith(good) for n in names)  # what existed is untouched
