@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -51,6 +52,7 @@ from rayproc.models.artifact import load_model, save_model
 from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
 from rayproc.models.losses import inpainting_loss
 from rayproc.runtime import ray_session
+from rayproc.runtime.training import LOSS_CURVE, METRICS_LOG, fit, read_history, write_epoch
 from rayproc.storage import Location, command_line, filesystem, provenance, redacted, resolve, with_retries
 
 GAP_WIDTHS = (3, 6, 9, 12)
@@ -60,8 +62,6 @@ NORMALISATION = {
     "gap_input": "zero",
 }
 RUN_FILE = "rayproc_run.json"
-METRICS_LOG = "metrics.jsonl"
-LOSS_CURVE = "loss_curve.png"
 STATE_FILE = "state.pt"
 # Spec fields a rerun may change and still resume the same run.
 _RESUMABLE_CHANGES = (
@@ -439,23 +439,9 @@ def local_checkpoint(location: Location | None):
             yield folder
 
 
-def read_history(out: str | Path) -> list[dict]:
-    """The rows of ``metrics.jsonl`` in a model directory (one per epoch)."""
-    path = Path(out) / METRICS_LOG
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def record_epoch(out: str | Path, row: dict) -> None:
     """Add an epoch's metrics to ``metrics.jsonl`` (replacing any rows from it on) and redraw the curves."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in read_history(out) if r["epoch"] < row["epoch"]] + [dict(row)]
-    temporary = out / f".{METRICS_LOG}.tmp"
-    temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    temporary.replace(out / METRICS_LOG)
-    plot_history(rows, out / LOSS_CURVE)
+    write_epoch(out, row, plot_history)
 
 
 def plot_history(rows: list[dict], path: Path) -> None:
@@ -556,27 +542,6 @@ def _claim_run(run: Location, spec: TrainSpec, in_process: bool) -> bool:
     return False
 
 
-def _ray_storage(location: Location):
-    """``(storage_path, storage_filesystem)`` for Ray Train's RunConfig."""
-    if not location.is_remote:
-        return location.url, None
-    import pyarrow.fs
-
-    fs, path = filesystem(location)
-    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
-
-
-def _epoch_log_callback(out: str):
-    """A Ray Train callback, run by the controller on the driver's node, that logs each epoch."""
-    from ray.train import UserCallback
-
-    class EpochLog(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            record_epoch(out, metrics[0])  # rank 0's row
-
-    return EpochLog()
-
-
 def _run(spec: TrainSpec, *, workers: int, storage: str | None, max_failures: int, address: str | None,
          cpus: int | None, command: str | None, stage: dict) -> TrainReport:
     """Train ``spec`` (resuming its run if any) and export the best epoch to ``spec.out``."""
@@ -624,37 +589,9 @@ def _check_resources(spec: TrainSpec, workers: int) -> None:
 
 
 def _fit(spec: TrainSpec, workers: int, run: Location, root: Location, max_failures: int):
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    storage_path, storage_filesystem = _ray_storage(root)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=dataclasses.replace(spec, ray_train=True).to_dict(),
-        torch_config=TorchConfig(backend="nccl" if spec.gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=spec.gpu,
-                                               resources_per_worker=_worker_resources(spec)),
-        run_config=ray.train.RunConfig(
-            name=run_name(spec.out),
-            storage_path=storage_path,
-            storage_filesystem=storage_filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[_epoch_log_callback(spec.out)],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
-    )
-    try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        raise RayprocError(
-            f"training failed (after {max_failures} restart(s) from the last checkpoint): "
-            f"{lines[-1] if lines else type(exc).__name__}; rerun the same command to resume"
-        ) from exc
-    if result.checkpoint is None:
-        raise RayprocError(f"training at {run.url} reported no checkpoint.")
-    return result
+    return fit(train_loop, dataclasses.replace(spec, ray_train=True).to_dict(), name=run_name(spec.out),
+               workers=workers, gpu=spec.gpu, resources_per_worker=_worker_resources(spec), root=root,
+               max_failures=max_failures, record=functools.partial(record_epoch, spec.out))
 
 
 def _export(spec: TrainSpec, folder: str | None, command: str | None, stage: dict, resumed: bool,

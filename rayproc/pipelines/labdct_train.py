@@ -31,6 +31,7 @@ References
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import tempfile
@@ -50,11 +51,12 @@ from rayproc.labdct.spots import label_spots, match_spots
 from rayproc.models.artifact import save_model
 from rayproc.models.labdct_unet import LabdctNetConfig, build_labdct_net, feature_loss, load_feature_net
 from rayproc.pipelines.bcdi_train import (
-    LOSS_CURVE, METRICS_LOG, STATE_FILE, Precision, TrainReport, _check_resources, _cpu_copy, _InProcess as _BcdiInProcess,
-    _rank_and_world, _ray_storage, _RayTrain, _start_run, _sum_across_workers, _worker_resources, latest_checkpoint, local_checkpoint,
-    read_history, run_name, save_checkpoint,
+    STATE_FILE, Precision, TrainReport, _check_resources, _cpu_copy, _InProcess as _BcdiInProcess,
+    _rank_and_world, _RayTrain, _start_run, _sum_across_workers, _worker_resources, latest_checkpoint, local_checkpoint,
+    run_name, save_checkpoint,
 )
 from rayproc.runtime import ray_session
+from rayproc.runtime.training import fit, write_epoch
 from rayproc.storage import Location, command_line, open_dataset, provenance, redacted, resolve, with_retries
 
 DEFAULT_TILE = 128
@@ -389,13 +391,7 @@ class _InProcess(_BcdiInProcess):
 
 def record_epoch(out: str | Path, row: dict) -> None:
     """Add an epoch's metrics to ``metrics.jsonl`` (replacing any rows from it on) and redraw the curves."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in read_history(out) if r["epoch"] < row["epoch"]] + [dict(row)]
-    temporary = out / f".{METRICS_LOG}.tmp"
-    temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    temporary.replace(out / METRICS_LOG)
-    plot_history(rows, out / LOSS_CURVE)
+    write_epoch(out, row, plot_history)
 
 
 def plot_history(rows: list[dict], path: Path) -> None:
@@ -445,49 +441,10 @@ def _check_spec(spec: LabdctTrainSpec) -> None:
     datasets_for(spec)  # frames smaller than a tile? (reads nothing)
 
 
-def _epoch_log_callback(out: str):
-    """A Ray Train callback, run by the controller on the driver's node, that logs each epoch."""
-    from ray.train import UserCallback
-
-    class EpochLog(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            record_epoch(out, metrics[0])  # rank 0's row
-
-    return EpochLog()
-
-
 def _fit(spec: LabdctTrainSpec, workers: int, run: Location, root: Location, max_failures: int):
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    storage_path, storage_filesystem = _ray_storage(root)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=dataclasses.replace(spec, ray_train=True).to_dict(),
-        torch_config=TorchConfig(backend="nccl" if spec.gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=spec.gpu,
-                                               resources_per_worker=_worker_resources(spec)),
-        run_config=ray.train.RunConfig(
-            name=run_name(spec.out),
-            storage_path=storage_path,
-            storage_filesystem=storage_filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[_epoch_log_callback(spec.out)],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
-    )
-    try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        raise RayprocError(
-            f"training failed (after {max_failures} restart(s) from the last checkpoint): "
-            f"{lines[-1] if lines else type(exc).__name__}; rerun the same command to resume"
-        ) from exc
-    if result.checkpoint is None:
-        raise RayprocError(f"training at {run.url} reported no checkpoint.")
-    return result
+    return fit(train_loop, dataclasses.replace(spec, ray_train=True).to_dict(), name=run_name(spec.out),
+               workers=workers, gpu=spec.gpu, resources_per_worker=_worker_resources(spec), root=root,
+               max_failures=max_failures, record=functools.partial(record_epoch, spec.out))
 
 
 def _export(spec: LabdctTrainSpec, folder: str | None, command: str | None, resumed: bool,
