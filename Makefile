@@ -25,8 +25,14 @@ test: $(STAMP)
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m rayproc.demo demo-out
 
-bench: $(STAMP)
+bench: $(STAMP)  # each prints ratios measured side by side; together about an hour on 2 cores
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/simulate_scaling.py
+	RAY_AUTH_MODE=disabled $(PY) benchmarks/labdct_sim.py
+	RAY_AUTH_MODE=disabled $(PY) benchmarks/train_throughput.py
+	RAY_AUTH_MODE=disabled $(PY) benchmarks/inpaint_vs_monai.py
+	RAY_AUTH_MODE=disabled $(PY) benchmarks/inpaint_stride.py
+	RAY_AUTH_MODE=disabled $(PY) benchmarks/inpaint_scaling.py
+	RAY_AUTH_MODE=disabled $(PY) benchmarks/labdct_denoise.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
