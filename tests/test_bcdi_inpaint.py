@@ -15,7 +15,7 @@ import xarray as xr
 
 from rayproc import storage
 from rayproc.bcdi.gaps import gaps_to_mask
-from rayproc.bcdi.inpaint import inpaint_volume, plan_windows, predict_portions
+from rayproc.bcdi.inpaint import DEFAULT_BLEND, inpaint_volume, plan_windows, predict_portions
 from rayproc.cli import main as cli_main
 from rayproc.errors import InputError
 from rayproc.models.artifact import save_model
@@ -150,7 +150,7 @@ def test_chunks_with_halo_on_actors_equal_the_single_process_run(ray_local, file
     np.testing.assert_array_equal(ds.mask.values, mask)
     assert np.array_equal(ds.intensity.values[~mask], volume[~mask])  # measured voxels untouched
     params = ds.attrs["provenance"]["parameters"]
-    assert params["gaps"] == CROSS and params["stride"] == 8 and params["blend"] == "gaussian"
+    assert params["gaps"] == CROSS and params["stride"] == 8 and params["blend"] == DEFAULT_BLEND
     assert len(params["model"]["sha256"]) == 64 and params["model"]["architecture"]["base_channels"] == 4
     again = inpaint_bcdi(str(files / "volume.npy"), url, gaps=CROSS, model=net, stride=8, chunk=24, progress=False)
     assert again.status == "complete" and again.computed == 0
