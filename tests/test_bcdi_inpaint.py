@@ -212,7 +212,8 @@ def test_interrupted_run_resumes_only_missing_chunks(ray_local, files, net, volu
             "--chunk", "16"]  # 27 chunks, default stride and blend
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "rayproc", "bcdi", "inpaint", *args, "--workers", "1",
-                             "--cpus", "1", "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--cpus", "1", "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not SIG_IGN from a background shell
     progress = os.path.join(url, "_progress")
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:

@@ -76,7 +76,10 @@ def test_resume_after_interrupted_run(ray_local, tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     cmd = [sys.executable, "-m", "rayproc", "bcdi", "simulate", url, "--count", str(count), "--size", str(SIZE),
            "--seed", "7", "--workers", "1", "--cpus", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A background shell (CI) starts children with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the CLI the default disposition, as a terminal would.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     progress_dir = os.path.join(url, "_progress")
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
