@@ -306,6 +306,9 @@ def train_loop(config: dict) -> None:
                             "history": history}, Path(folder) / STATE_FILE)
             session.report(row, folder if rank == 0 else None)
         if spec.fail_once_after_epoch == epoch and start == 0:
+            # Fail as if during the next epoch: first let Ray Train's controller poll the workers
+            # (every 2 s) and register this epoch's checkpoint, or the restart may not see it.
+            time.sleep(5.0)
             raise RuntimeError(f"injected failure after epoch {epoch} (fail_once_after_epoch)")
 
 
