@@ -1,4 +1,4 @@
-"""One resolver for string options (after MONAI's ``look_up_option``)."""
+"""Option checks shared by the pipelines: string options (after MONAI's ``look_up_option``), counts."""
 
 from __future__ import annotations
 
@@ -26,4 +26,18 @@ def look_up_option(value: str, supported: Iterable[str], *, name: str = "option"
     )
 
 
-__all__ = ["look_up_option"]
+def check_counts(**counts) -> None:
+    """Raise an InputError naming the first count below 1, as its CLI option (``batch_size`` -> ``--batch-size``).
+
+    Examples
+    --------
+    >>> check_counts(workers=2, batch_size=8)
+    """
+    from rayproc.errors import InputError
+
+    for name, value in counts.items():
+        if int(value) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {value}.")
+
+
+__all__ = ["check_counts", "look_up_option"]

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -23,6 +17,7 @@ from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
 from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
 from rayproc.pipelines.bcdi_inpaint import inpaint_bcdi
 from rayproc.stitching import importance_map
+from tests.interrupt import interrupt_cli_run
 
 SIZE = 48
 CROSS = ["x:21:6", "y:20:6"]
@@ -210,23 +205,8 @@ def test_interrupted_run_resumes_only_missing_chunks(ray_local, files, net, volu
     url = str(files / "resume.zarr")
     args = [str(files / "volume.npy"), url, "--gap", CROSS[0], "--gap", CROSS[1], "--model", str(files / "model"),
             "--chunk", "16"]  # 27 chunks, default stride and blend
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rayproc", "bcdi", "inpaint", *args, "--workers", "1",
-                             "--cpus", "1", "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not SIG_IGN from a background shell
-    progress = os.path.join(url, "_progress")
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(progress) and len(os.listdir(progress)) >= 4:  # the mask and 3 chunks
-            break
-        time.sleep(0.05)
-    # Freeze the driver first, so the run cannot finish between the check and the Ctrl-C: only
-    # the tasks already in flight on actors can still land (in-flight work is bounded).
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    os.kill(proc.pid, signal.SIGSTOP)
-    proc.send_signal(signal.SIGINT)
-    os.kill(proc.pid, signal.SIGCONT)
-    proc.wait(timeout=60)
+    interrupt_cli_run(["bcdi", "inpaint", *args, "--workers", "1", "--cpus", "1", "--no-progress"], url,
+                      markers=4, env={"OMP_NUM_THREADS": "1"})  # the mask and 3 chunks
     done_before = {t for t in storage.done_tasks(url) if "chunk" in t}
     assert 0 < len(done_before) < 27, "the driver was frozen mid-run, so some tasks must be missing"
     assert not storage.is_complete(url)

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
 
@@ -15,6 +9,7 @@ from rayproc import storage
 from rayproc.cli import main as cli_main
 from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
 from rayproc.pipelines.bcdi_simulate import simulate_bcdi
+from tests.interrupt import interrupt_cli_run
 
 SIZE = 32
 
@@ -73,26 +68,8 @@ def test_resume_after_interrupted_run(ray_local, tmp_path):
     """Ctrl-C the CLI mid-run; the same command resumes, computing only the missing samples."""
     count = 120
     url = str(tmp_path / "resume.zarr")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "rayproc", "bcdi", "simulate", url, "--count", str(count), "--size", str(SIZE),
-           "--seed", "7", "--workers", "1", "--cpus", "1", "--no-progress"]
-    # A background shell (CI) starts children with SIGINT ignored, and Python then never raises
-    # KeyboardInterrupt: give the CLI the default disposition, as a terminal would.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    progress_dir = os.path.join(url, "_progress")
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(progress_dir) and os.listdir(progress_dir):
-            break
-        time.sleep(0.02)
-    # Freeze the driver first, so the run cannot finish between the check and the Ctrl-C: only
-    # the tasks already in flight on actors can still land (in-flight work is bounded).
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    os.kill(proc.pid, signal.SIGSTOP)
-    proc.send_signal(signal.SIGINT)
-    os.kill(proc.pid, signal.SIGCONT)
-    proc.communicate(timeout=60)
+    proc = interrupt_cli_run(["bcdi", "simulate", url, "--count", str(count), "--size", str(SIZE), "--seed", "7",
+                              "--workers", "1", "--cpus", "1", "--no-progress"], url, markers=1, timeout=120)
     done_before = storage.done_tasks(url)
     assert 0 < len(done_before) < count, "the driver was frozen mid-run, so some tasks must be missing"
     assert proc.returncode != 0

@@ -33,7 +33,7 @@ from rayproc.bcdi.inpaint import (
     plan_windows, predict_portions,
 )
 from rayproc.errors import InputError
-from rayproc.options import look_up_option
+from rayproc.options import check_counts, look_up_option
 from rayproc.runtime import ray_session, run_stage
 from rayproc.stitching import BLEND_MODES, ChunkTask, importance_map, plan_chunks, predict_chunk
 from rayproc.storage import (
@@ -376,9 +376,7 @@ def inpaint_bcdi(
     InpaintReport
     """
     blend = look_up_option(blend, BLEND_MODES, name="blend")
-    for name, value in (("stride", stride), ("chunk", chunk), ("batch_size", batch_size), ("workers", workers)):
-        if int(value) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {value}.")
+    check_counts(stride=stride, chunk=chunk, batch_size=batch_size, workers=workers)
     gaps = [f"{a}:{s}:{w}" for a, s, w in (parse_gap(g) for g in gaps)]
     device = "cuda" if gpu else "cpu"
     network, model_description = load_inpainting_model(model, device="cpu")

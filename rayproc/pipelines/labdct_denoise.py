@@ -31,7 +31,7 @@ from rayproc.errors import InputError
 from rayproc.labdct.denoise import (
     DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_OVERLAP, DEFAULT_TILE, denoise_frames, normalise_frames, plan_tiles,
 )
-from rayproc.options import look_up_option
+from rayproc.options import check_counts, look_up_option
 from rayproc.pipelines.bcdi_inpaint import _output_attrs, _zarr_array, is_zarr_store
 from rayproc.pipelines.labdct_background import FRAME_VARIABLES, read_frames
 from rayproc.pipelines.labdct_segment import load_spot_network
@@ -200,9 +200,7 @@ def denoise_labdct(
     DenoiseReport
     """
     blend = look_up_option(blend, BLEND_MODES, name="blend")
-    for name, value in (("batch_size", batch_size), ("frames_per_task", frames_per_task), ("workers", workers)):
-        if int(value) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {value}.")
+    check_counts(batch_size=batch_size, frames_per_task=frames_per_task, workers=workers)
     network, scale, description = load_spot_network(model, device="cpu")
     data = _open_input(source, storage_options)
     count, height, width = (int(n) for n in data.frames.shape)

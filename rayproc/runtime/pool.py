@@ -18,10 +18,8 @@ _END = object()
 
 def _limit_codec_threads(cpus: float) -> None:
     """Keep Blosc (de)compression to the actor's CPU share; by default it uses every core."""
-    try:
-        import numcodecs.blosc
-    except ImportError:  # pragma: no cover - numcodecs is a dependency
-        return
+    import numcodecs.blosc
+
     numcodecs.blosc.set_nthreads(max(1, int(cpus)))
 
 
