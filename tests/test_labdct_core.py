@@ -30,6 +30,7 @@ from rayproc.labdct.standard_routine import (
     standard_routine,
     tune_standard_routine,
 )
+from rayproc.labdct.calibration import bin_frames, detected_spot_snr, match_spot_gain
 from rayproc.labdct.synthesis import log_segmentation, synthesize_input
 
 SIZE = 128
@@ -202,6 +203,20 @@ def test_background_scale_range():
     assert r_bg.min() >= i0 - np.sqrt(i0) and r_bg.max() <= i0 + np.sqrt(i0)
     assert abs(r_bg.mean() - i0) < 1.5 and abs(r_bg.std() - 2 * np.sqrt(i0) / np.sqrt(12)) < 0.6
     np.testing.assert_allclose(x, r_bg[:, None, None] * background, rtol=1e-6)  # one R_BG a frame
+
+
+def test_spot_gain_scales_only_the_spot_signal():
+    simulated = np.full((3, 6, 6), 10.0)
+    simulated[:, 2:4, 2:4] = 410.0
+    background = np.full((6, 6), 0.5)
+    one = synthesize_input(simulated, background, 3, c_bg=10.0, tau=0.0)
+    gains = np.array([0.5, 0.1, 2.0])
+    scaled = synthesize_input(simulated, background, 3, c_bg=10.0, spot_gain=gains, tau=0.0)
+    np.testing.assert_allclose(scaled - one, (gains[:, None, None] - 1) * (simulated - 10.0), atol=1e-4)
+    np.testing.assert_allclose(scaled[:, 0, 0], one[:, 0, 0])  # same R_BG draws
+    for bad in (-0.1, [1.0, 2.0]):
+        with pytest.raises(InputError, match="spot_gain"):
+            synthesize_input(simulated, background, 3, c_bg=10.0, spot_gain=bad)
 
 
 def test_constant_mode():
@@ -385,3 +400,42 @@ def test_recall_by_snr_and_pixel_iou():
     a[:2], b[1:3] = 1, 1
     assert pixel_iou(a, b) == pytest.approx(4 / 12)
     assert pixel_iou(np.zeros(3), np.zeros(3)) == 1.0
+
+
+# --- calibration of the spot gain ---------------------------------------------------------
+
+
+def test_bin_frames_sums_blocks():
+    stack = np.arange(2 * 5 * 7, dtype=np.float32).reshape(2, 5, 7)
+    binned = bin_frames(stack, 2)
+    assert binned.shape == (2, 2, 3)
+    assert binned[1, 1, 2] == stack[1, 2:4, 4:6].sum()
+    np.testing.assert_array_equal(bin_frames(stack, 1), stack)
+
+
+def _spot_stack(amplitude: float, seed: int = 0, frames: int = 7) -> np.ndarray:
+    """Moving Gaussian spots of one amplitude on a flat 400-count Poisson background."""
+    rng = np.random.default_rng(seed)
+    stack = np.empty((frames, SIZE, SIZE), np.float32)
+    for index in range(frames):
+        image = np.full((SIZE, SIZE), 400.0)
+        for cy, cx in rng.uniform(8, SIZE - 8, (25, 2)):
+            image += amplitude * np.exp(-((YY - cy) ** 2 + (XX - cx) ** 2) / (2 * 1.5**2))
+        stack[index] = rng.poisson(image)
+    return stack
+
+
+def test_detected_spot_snr_is_integrated_signal_over_noise():
+    snr = {a: detected_spot_snr(_spot_stack(a)) for a in (200.0, 400.0)}
+    assert 0.8 * 25 * 7 < len(snr[400.0]) < 1.3 * 25 * 7
+    assert np.median(snr[400.0]) / np.median(snr[200.0]) == pytest.approx(2.0, rel=0.15)  # SNR follows the signal
+    # a Gaussian of amplitude 400 and sigma 1.5 holds 2 pi 1.5^2 400 counts; noise sqrt(400) over ~20 px
+    expected = 2 * np.pi * 1.5**2 * 400 / (20 * np.sqrt(20))
+    assert 0.6 * expected < np.median(snr[400.0]) < 1.4 * expected
+
+
+def test_match_spot_gain_bisects_a_monotone_response():
+    assert match_spot_gain(12.0, lambda g: 60.0 * g) == pytest.approx(0.2, rel=0.01)
+    assert match_spot_gain(12.0, lambda g: 60.0 * np.sqrt(g), rtol=1e-4) == pytest.approx(0.04, rel=1e-3)
+    with pytest.raises(InputError, match="cannot be calibrated"):
+        match_spot_gain(1e4, lambda g: 60.0 * g)

@@ -19,7 +19,8 @@ from rayproc.pipelines.labdct_background import extract_background_store
 from rayproc.pipelines.labdct_evaluate import SPOT_COLUMNS, evaluate_labdct, truth_snr
 from rayproc.pipelines.labdct_segment import parse_params, segment_labdct
 from rayproc.pipelines.labdct_simulate import simulate_labdct
-from rayproc.pipelines.labdct_synth import fit_background, synthesize_labdct, task_name
+from rayproc.pipelines.labdct_calibrate import calibrate_labdct
+from rayproc.pipelines.labdct_synth import fit_background, projection_gain, synthesize_labdct, task_name
 
 SIM = dict(preset="D18", geometry="fe_farfield", projections=4, binning=8, seed=3, progress=False)
 TAU, I0 = 2.0, 110.0
@@ -146,6 +147,49 @@ def test_synth_bit_identical_for_one_and_two_workers_and_resumes(stores, tmp_pat
     np.testing.assert_array_equal(storage.open_dataset(str(resumed)).input.values, a.input.values)
 
 
+def test_synth_spot_gain_scales_spots_and_their_snr(stores, tmp_path):
+    args = dict(tau=TAU, i0=I0, seed=5, workers=1, progress=False, command="test")
+    fixed, ranged = str(tmp_path / "fixed.zarr"), str(tmp_path / "ranged.zarr")
+    synthesize_labdct(str(stores / "sim.zarr"), str(stores / "bg.zarr"), fixed, spot_gain=0.25, **args)
+    synthesize_labdct(str(stores / "sim.zarr"), "parametric", ranged, spot_gain=(0.1, 0.5), **args)
+    one, quarter, drawn = (storage.open_dataset(p) for p in (str(stores / "synth.zarr"), fixed, ranged))
+    np.testing.assert_array_equal(one.spot_gain.values, 1.0)
+    np.testing.assert_array_equal(quarter.spot_gain.values, 0.25)
+    np.testing.assert_allclose(quarter.spot_snr.values, 0.25 * one.spot_snr.values, rtol=1e-12)
+    np.testing.assert_array_equal(quarter.target.values, one.target.values)  # targets do not depend on the gain
+    gains = drawn.spot_gain.values
+    assert ((0.1 <= gains) & (gains <= 0.5)).all() and len(set(gains)) == 4
+    assert gains.tolist() == [projection_gain((0.1, 0.5), 5, p) for p in range(4)]
+    assert quarter.input.values.mean() < one.input.values.mean()
+    assert quarter.attrs["provenance"]["parameters"]["spot_gain"] == [0.25, 0.25]
+
+
+def test_calibrate_recovers_a_known_spot_gain(stores, tmp_path):
+    measured = str(tmp_path / "measured.zarr")
+    synthesize_labdct(str(stores / "sim.zarr"), str(stores / "bg.zarr"), measured, spot_gain=0.3, tau=TAU, i0=I0,
+                      seed=9, workers=1, progress=False, command="test")
+    rows, cols = np.nonzero(storage.open_dataset(str(stores / "sim.zarr")).projection[0].values == 0)
+    geometry = tmp_path / "geometry.json"  # the measured frames' beam stop, as a real scan would have
+    geometry.write_text(json.dumps({"detector_pixels": [128, 128], "beamstop_px": {
+        "y": [int(rows.min()), int(rows.max())], "z": [int(cols.min()), int(cols.max())]}}))
+    report = calibrate_labdct(str(stores / "sim.zarr"), str(stores / "bg.zarr"), measured, i0=I0, tau=TAU,
+                              n_rolling=3, real_beamstop_from=str(geometry))
+    assert report.binning == 1 and report.gain == pytest.approx(0.3, rel=0.2)
+    assert report.synthesised_snr[-1] == pytest.approx(report.measured_snr[-1], rel=0.05)  # matched q90
+    assert "| measured |" in report.to_markdown()
+
+
+def test_calibrate_against_the_real_iron_frames(ray_local, shared_data, tmp_path):
+    real = shared_data / "labdct-fe-farfield"
+    sim = str(tmp_path / "sim.zarr")
+    simulate_labdct(sim, workers=2, **{**SIM, "projections": 3, "binning": 4})  # 256^2: real pixels binned 4x
+    report = calibrate_labdct(sim, "parametric", str(real), i0=1000.0, frames=3, real_frames=6, n_rolling=3)
+    assert report.binning == 4 and report.settings["real_beamstop_from"].endswith("geometry.json")
+    assert report.measured_spots_per_frame > 50 and report.synthesised_spots_per_frame > 10
+    assert 1e-3 < report.gain < 10
+    assert report.synthesised_snr[-1] == pytest.approx(report.measured_snr[-1], rel=0.05)
+
+
 def test_fit_background_crops_and_resizes():
     frames = np.ones((2, 60, 100), np.float32)
     frames[:, :, :20] = frames[:, :, 80:] = 5.0  # cropped away to the square aspect ratio
@@ -222,6 +266,8 @@ def test_evaluate_writes_tables_and_figures(stores, tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["synth", "{sim}", "{bg}", "{out}", "--mode", "gaussian"], "poisson"),
     (["synth", "{sim}", "{sim}", "{out}"], "no 'background' variable"),
+    (["synth", "{sim}", "{bg}", "{out}", "--spot-gain", "0.5:0.1"], "--spot-gain"),
+    (["calibrate", "{sim}", "{bg}", "{missing}"], "not found"),
     (["segment", "{synth}", "{out}", "--method", "cnn"], "standard"),
     (["segment", "{synth}", "{out}", "--method", "standard", "--params", '{{"sigmaa": 1}}'], "sigmaa"),
     (["background", "{missing}", "{out}"], "not found"),

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tifffile
 import xarray as xr
-import zarr
 
 from rayproc import storage
 from rayproc.errors import InputError, StoreError

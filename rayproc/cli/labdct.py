@@ -66,6 +66,16 @@ def background(
                f"({report.masked_fraction:.1%} of pixels masked as spots, {report.seconds:.1f} s)")
 
 
+def _gain(text: str) -> float | tuple[float, float]:
+    try:
+        values = [float(v) for v in text.split(":")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise typer.BadParameter(f"expected G or LOW:HIGH; got {text!r}", param_hint="--spot-gain")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
 @app.command()
 def synth(
     sim: Annotated[str, typer.Argument(help="Simulated store (rayproc labdct simulate).")],
@@ -74,6 +84,9 @@ def synth(
     mode: Annotated[str, typer.Option("--mode", help="Noise model: poisson (published) or constant.")] = "poisson",
     tau: Annotated[float, typer.Option("--tau", help="Poisson noise scale tau.")] = 1.0,
     i0: Annotated[float, typer.Option("--i0", help="Mean background scale I0 (counts).")] = 110.0,
+    spot_gain: Annotated[str, typer.Option(
+        "--spot-gain", help="Gain of the simulated spots: G, or LOW:HIGH drawn log-uniformly per projection "
+                            "(1 = published; `rayproc labdct calibrate` measures it for real frames).")] = "1",
     seed: Annotated[int, typer.Option("--seed", help="Projection p draws from default_rng([seed, p]).")] = 0,
     pick: Annotated[str, typer.Option("--pick", help="Background frame per projection: cycle or random.")] = "cycle",
     workers: Workers = 2,
@@ -87,7 +100,8 @@ def synth(
     from rayproc.pipelines.labdct_synth import synthesize_labdct
     from rayproc.storage import parse_storage_options
 
-    report = synthesize_labdct(sim, bg, out, mode=mode, tau=tau, i0=i0, seed=seed, pick=pick, workers=workers,
+    report = synthesize_labdct(sim, bg, out, mode=mode, tau=tau, i0=i0, spot_gain=_gain(spot_gain), seed=seed,
+                               pick=pick, workers=workers,
                                address=address, cpus=cpus, storage_options=parse_storage_options(storage_option),
                                overwrite=overwrite, progress=progress)
     if report.status == "complete":
@@ -95,6 +109,40 @@ def synth(
     else:
         typer.echo(f"{report.url}: {report.projections} projections ({report.computed} computed now), "
                    f"{report.spots} spots in the table")
+
+
+@app.command()
+def calibrate(
+    sim: Annotated[str, typer.Argument(help="Simulated store (rayproc labdct simulate).")],
+    bg: Annotated[str, typer.Argument(help="Background store (rayproc labdct background) or 'parametric'.")],
+    real: Annotated[str, typer.Argument(help="Measured frames: TIFF folder, stack file or zarr store.")],
+    i0: Annotated[float, typer.Option("--i0", help="Mean background scale I0 of the synthesis (counts).")] = 1000.0,
+    tau: Annotated[float, typer.Option("--tau", help="Poisson noise scale tau of the synthesis.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthesised noise.")] = 0,
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Simulated projections per trial gain.")] = 12,
+    real_frames: Annotated[Optional[int], typer.Option(
+        "--real-frames", min=1, help="Use the first N measured frames.")] = None,
+    real_beamstop_from: Annotated[Optional[str], typer.Option(
+        "--real-beamstop-from", help="geometry.json of the measured frames (default: REAL/geometry.json).")] = None,
+    quantile: Annotated[float, typer.Option(
+        "--quantile", min=1, max=99, help="Matched percentile of the detected spots' SNR.")] = 90.0,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Also write the result as JSON here.")] = None,
+    storage_option: StorageOptions = None,
+):
+    """Measure the --spot-gain for `synth` at which synthesised spots are as bright as measured ones."""
+    import json
+    from pathlib import Path
+
+    from rayproc.pipelines.labdct_calibrate import calibrate_labdct
+    from rayproc.storage import parse_storage_options
+
+    report = calibrate_labdct(sim, bg, real, i0=i0, tau=tau, seed=seed, frames=frames, real_frames=real_frames,
+                              real_beamstop_from=real_beamstop_from, quantile=quantile,
+                              storage_options=parse_storage_options(storage_option))
+    typer.echo(report.to_markdown())
+    if out:
+        Path(out).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    typer.echo(f"use: rayproc labdct synth {sim} {bg} OUT --i0 {i0:g} --spot-gain {report.gain:.3g}")
 
 
 @app.command()

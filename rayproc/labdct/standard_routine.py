@@ -86,6 +86,15 @@ def rolling_median_subtract(stack, n_rolling: int) -> np.ndarray:
     return stack - rolling_median(stack, n_rolling)
 
 
+def residual_noise(stack, n_rolling: int, *, beamstop=None) -> float:
+    """Robust standard deviation (1.4826 MAD) of ``stack`` less its rolling median (off ``beamstop``)."""
+    residual = rolling_median_subtract(stack, n_rolling)
+    if beamstop is not None:
+        residual = residual[:, ~np.asarray(beamstop, dtype=bool)]
+    median = np.median(residual)
+    return float(1.4826 * np.median(np.abs(residual - median)))
+
+
 def log_spot_labels(
     image,
     *,
@@ -247,6 +256,7 @@ def tune_standard_routine(
 __all__ = [
     "StandardRoutineParams",
     "log_spot_labels",
+    "residual_noise",
     "rolling_median_subtract",
     "standard_routine",
     "tune_standard_routine",

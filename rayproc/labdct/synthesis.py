@@ -34,6 +34,7 @@ def synthesize_input(
     rng=None,
     *,
     c_bg: float,
+    spot_gain=1.0,
     i0: float = 110.0,
     tau: float = 1.0,
     mode: str = "poisson",
@@ -44,8 +45,11 @@ def synthesize_input(
 
     ``mode="poisson"`` (published model)::
 
-        x0 = (I_simu - C_BG) + R_BG * I_BG,    R_BG ~ U[I0 - sqrt(I0), I0 + sqrt(I0)]
+        x0 = g (I_simu - C_BG) + R_BG * I_BG,    R_BG ~ U[I0 - sqrt(I0), I0 + sqrt(I0)]
         x  = x0 + tau * Poisson(x0 / 2)
+
+    with the spot gain ``g = 1`` in [1]_; ``g`` rescales the simulated fluence, e.g. to the
+    spot brightness of measured frames (``rayproc labdct calibrate``).
 
     so that, given ``x0``, ``E[x] = x0 + tau x0 / 2`` and ``Var[x] = tau^2 x0 / 2``.
     ``mode="constant"`` (earlier model): ``x = I_simu - C_BG`` with every pixel below
@@ -61,6 +65,8 @@ def synthesize_input(
         Source of randomness (or a seed).
     c_bg : float
         Constant background ``C_BG`` of the simulated projections.
+    spot_gain : float or array_like of shape (N,), optional
+        Gain ``g`` of the spot signal ``I_simu - C_BG`` (one value, or one per projection).
     i0 : float, optional
         Mean background scale ``I0`` (110 in [1]_).
     tau : float, optional
@@ -98,7 +104,11 @@ def synthesize_input(
     rng = np.random.default_rng(rng)
     frames = simulated.reshape((-1,) + simulated.shape[-2:])
     per_frame = (len(frames), 1, 1)
-    signal = frames - c_bg
+    gain = np.asarray(spot_gain, dtype=np.float64)
+    if gain.ndim > 1 or gain.size not in (1, len(frames)) or not np.all(gain >= 0):
+        raise InputError(f"spot_gain must be >= 0, one value or one per projection ({len(frames)}); "
+                         f"got {spot_gain!r} instead.")
+    signal = gain.reshape(-1, 1, 1) * (frames - c_bg)
     if mode == "constant":
         low, high = delta_range
         delta = rng.uniform(low, high, per_frame)

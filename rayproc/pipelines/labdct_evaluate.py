@@ -48,7 +48,7 @@ from scipy import ndimage as ndi
 from rayproc.errors import InputError
 from rayproc.labdct.spots import label_spots, match_spots, pixel_iou, recall_by_snr, spot_table
 from rayproc.labdct.standard_routine import (
-    StandardRoutineParams, rolling_median_subtract, standard_routine, tune_standard_routine,
+    StandardRoutineParams, residual_noise, standard_routine, tune_standard_routine,
 )
 from rayproc.pipelines.labdct_background import beamstop_mask, read_frames
 from rayproc.pipelines.labdct_segment import DEFAULT_MODEL_NAME, dl_segment, load_spot_network
@@ -82,13 +82,6 @@ class LabdctEvaluationReport:
     def to_dict(self) -> dict:
         return {"out": self.out, "tuned": self.tuned, "methods": self.methods, "recall_by_snr": self.recall_by_snr,
                 "real": self.real, "model": self.model, "files": list(self.files)}
-
-
-def residual_noise(stack, n_rolling: int) -> float:
-    """Robust standard deviation (1.4826 MAD) of ``stack`` less its rolling median."""
-    residual = rolling_median_subtract(stack, n_rolling)
-    median = np.median(residual)
-    return float(1.4826 * np.median(np.abs(residual - median)))
 
 
 def tune_relative(stack, truth, grid: Mapping[str, Sequence], *, n_rolling: int = 5, beamstop=None,
@@ -492,5 +485,5 @@ def _markdown(report: LabdctEvaluationReport, settings: dict, figures: list[str]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DEFAULT_GRID", "DEFAULT_SNR_BINS", "LabdctEvaluationReport", "evaluate_labdct", "residual_noise",
+__all__ = ["DEFAULT_GRID", "DEFAULT_SNR_BINS", "LabdctEvaluationReport", "evaluate_labdct",
            "score", "truth_snr", "tune_relative"]

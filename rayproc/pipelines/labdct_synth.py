@@ -19,7 +19,7 @@ drawn from its own generator (``pick="random"``). Frames whose shape differs fro
 projections are centre-cropped to the projections' aspect ratio, resized by linear
 interpolation and divided by their maximum again (:func:`fit_background`).
 ``background="parametric"`` draws smooth synthetic backgrounds instead
-(:func:`rayproc.labdct.background.parametric_background`, seeded by ``[seed, -1]``).
+(:func:`rayproc.labdct.background.parametric_background`, seeded by ``[seed, 0, 2]``).
 
 Beam stop: the simulated projection is 0 under the beam stop (set after adding ``C_BG``);
 those pixels are given the value ``C_BG`` first, so the beam stop shows the shadow carried by
@@ -28,7 +28,11 @@ the real background image (as in measured frames) instead of ``-C_BG``.
 SNR of a true spot (``spot_snr``): its integrated intensity ``I`` (``spot_intensity``) over
 the Poisson noise of the background under its ``A`` labelled pixels (``spot_area_px``)::
 
-    SNR = I / (tau * sqrt(A * I0 * mean_spot(I_BG) / 2))
+    SNR = g I / (tau * sqrt(A * I0 * mean_spot(I_BG) / 2))
+
+with ``g`` the projection's spot gain (``spot_gain``: 1 in the published recipe; fixed, or drawn
+log-uniformly per projection from a range, from ``default_rng([seed, p, 1])``; stored per
+projection),
 
 using ``Var[x | x0] = tau^2 x0 / 2`` with ``x0 ~ I0 * I_BG`` on background (``R_BG`` is
 within ``1 +- 1/sqrt(I0)`` of ``I0``). NaN for spots without labelled pixels and in
@@ -122,8 +126,10 @@ class _SynthWriter:
     store and are fetched by each actor on its first item.
     """
 
-    def __init__(self, sim: Location, out: Location, seed: int, c_bg: float, options: dict, pick: str):
+    def __init__(self, sim: Location, out: Location, seed: int, c_bg: float, options: dict, pick: str,
+                 gain_range: tuple[float, float]):
         self.sim, self.out, self.seed, self.c_bg, self.options, self.pick = sim, out, seed, c_bg, options, pick
+        self.gain_range = gain_range
         self.source: xr.Dataset | None = None
         self.backgrounds: np.ndarray | None = None
         self.rows: dict[int, np.ndarray] = {}
@@ -142,29 +148,40 @@ class _SynthWriter:
         background = self.backgrounds[frame]
         clean = self.source.projection[index].values.astype(np.float64)
         clean[clean == 0] = self.c_bg  # beam stop: the background image carries its shadow
-        noisy = synthesize_input(clean, background, rng, c_bg=self.c_bg, **self.options)
+        gain = projection_gain(self.gain_range, self.seed, index)
+        noisy = synthesize_input(clean, background, rng, c_bg=self.c_bg, spot_gain=gain, **self.options)
         target = log_segmentation(clean - self.c_bg, **TARGET_PARAMS)
         labels = self.source.spot_label[index].values
         rows = self.rows[index]
         ids = self.source.spot_id.values[rows]
         with np.errstate(invalid="ignore"):  # spots without labelled pixels: NaN
             level = ndi.mean(background, labels, ids) if len(ids) else np.zeros(0)
-        snr = spot_snr(self.source.spot_intensity.values[rows], self.source.spot_area_px.values[rows], level,
+        snr = spot_snr(gain * self.source.spot_intensity.values[rows], self.source.spot_area_px.values[rows], level,
                        tau=self.options["tau"], i0=self.options["i0"])
         if self.options["mode"] == "constant":
             snr[:] = np.nan
         write_task(self.out, task_name(index),
                    {"input": ((index,), noisy), "target": ((index,), target), "spot_label": ((index,), labels)},
-                   table={"row": rows, "snr": snr, "background_frame": np.array([frame])})
+                   table={"row": rows, "snr": snr, "background_frame": np.array([frame]),
+                          "spot_gain": np.array([gain])})
         return index
 
 
-def _background_frames(background: str, n: int, shape: tuple[int, int], beamstop: np.ndarray, seed: int,
-                       storage_options: dict | None) -> np.ndarray:
+def projection_gain(gain_range: tuple[float, float], seed: int, index: int) -> float:
+    """Spot gain of projection ``index``: fixed, or log-uniform in ``gain_range`` from ``default_rng([seed, index, 1])``."""
+    low, high = gain_range
+    if low == high:
+        return float(low)
+    return float(np.exp(np.random.default_rng([seed, index, 1]).uniform(np.log(low), np.log(high))))
+
+
+def background_frames(background: str, n: int, shape: tuple[int, int], beamstop: np.ndarray, seed: int,
+                      storage_options: dict | None) -> np.ndarray:
+    """Background images ``(frames, *shape)`` with maximum 1: from a background store, or parametric."""
     if background == PARAMETRIC:
         from rayproc.labdct.background import parametric_background
 
-        return parametric_background((n, *shape), np.random.default_rng([seed, -1]), beamstop=beamstop)
+        return parametric_background((n, *shape), np.random.default_rng([seed, 0, 2]), beamstop=beamstop)
     ds = open_dataset(resolve(background, storage_options))
     if "background" not in ds:
         raise InputError(f"{background} has no 'background' variable (make one with `rayproc labdct "
@@ -180,6 +197,7 @@ def synthesize_labdct(
     mode: str = "poisson",
     tau: float = 1.0,
     i0: float = 110.0,
+    spot_gain: float | tuple[float, float] = 1.0,
     seed: int = 0,
     pick: str = "cycle",
     workers: int = 1,
@@ -202,6 +220,10 @@ def synthesize_labdct(
     out : str
         Output zarr store.
     mode, tau, i0 : see :func:`rayproc.labdct.synthesis.synthesize_input`.
+    spot_gain : float or (float, float)
+        Gain of the simulated spot signal: one value, or a range from which each projection
+        draws its own gain log-uniformly (from ``default_rng([seed, p, 1])``). 1 is the
+        published recipe; ``rayproc labdct calibrate`` measures the gain that matches real frames.
     seed : int
         Projection ``p`` draws from ``default_rng([seed, p])``.
     pick : {"cycle", "random"}
@@ -217,6 +239,10 @@ def synthesize_labdct(
     pick = look_up_option(pick, PICKS, name="pick")
     if tau < 0 or i0 <= 0 or workers < 1:
         raise InputError(f"--tau must be >= 0, --i0 > 0 and --workers >= 1; got {tau}, {i0}, {workers}.")
+    gain_range = (spot_gain, spot_gain) if np.isscalar(spot_gain) else tuple(spot_gain)
+    if len(gain_range) != 2 or not (0 < gain_range[0] <= gain_range[1] < np.inf):
+        raise InputError(f"--spot-gain must be a positive value or a range LOW:HIGH with 0 < LOW <= HIGH; "
+                         f"got {spot_gain!r}.")
     sim_location, location = resolve(sim, storage_options), resolve(out, storage_options)
     source = open_dataset(sim_location)
     missing = sorted({"projection", "spot_label", "spot_projection", "spot_id", "spot_intensity",
@@ -227,8 +253,8 @@ def synthesize_labdct(
     n, ny, nx = source.projection.shape
     c_bg = float(source.attrs["background"])
     params = {"sim": sim_location.url, "background": background if background == PARAMETRIC else
-              resolve(background, storage_options).url, "mode": mode, "tau": tau, "i0": i0, "seed": seed,
-              "pick": pick, "target": TARGET_PARAMS}
+              resolve(background, storage_options).url, "mode": mode, "tau": tau, "i0": i0,
+              "spot_gain": list(gain_range), "seed": seed, "pick": pick, "target": TARGET_PARAMS}
     coords = {name: source[name].variable for name in ("omega", "y", "x")}
     frame = (1, ny, nx)
     with ray_session(address, cpus=cpus, workers=workers):
@@ -251,14 +277,14 @@ def synthesize_labdct(
         if status == "complete":
             return SynthReport(location.url, n, 0, source.sizes["spot"], status)
         beamstop = source.projection[0].values == 0
-        backgrounds = _background_frames(background, n, (ny, nx), beamstop, seed, storage_options)
+        backgrounds = background_frames(background, n, (ny, nx), beamstop, seed, storage_options)
         finished = done_tasks(location)
         todo = [p for p in range(n) if task_name(p) not in finished]
         import ray
 
         background_ref = ray.put(backgrounds)
         stage = functools.partial(_SynthWriter, sim_location, location, seed, c_bg,
-                                  {"mode": mode, "tau": tau, "i0": i0}, pick)
+                                  {"mode": mode, "tau": tau, "i0": i0}, pick, gain_range)
         computed = sum(1 for _ in run_stage(stage, [(p, [background_ref]) for p in todo], workers=workers,
                                             desc="synthesis", progress=progress, on_start=on_start))
     tasks = [task_name(p) for p in range(n)]
@@ -271,9 +297,12 @@ def synthesize_labdct(
     table["spot_snr"] = ("spot", snr, {"long_name": "integrated spot SNR over background Poisson noise"})
     used = np.array([tables[t]["background_frame"][0] if t in tables else -1 for t in tasks], np.int32)
     table["background_frame"] = ("omega", used, {"long_name": "background frame used (-1: not done)"})
+    gains = np.array([tables[t]["spot_gain"][0] if t in tables else np.nan for t in tasks])
+    table["spot_gain"] = ("omega", gains, {"long_name": "gain of the simulated spot signal"})
     append_variables(location, table.drop_vars([c for c in table.coords if c not in ("spot",)]))
     finalize(location, tasks)
     return SynthReport(location.url, n, computed, source.sizes["spot"], status)
 
 
-__all__ = ["PICKS", "SynthReport", "fit_background", "spot_snr", "synthesize_labdct"]
+__all__ = ["PICKS", "SynthReport", "background_frames", "fit_background", "projection_gain", "spot_snr",
+           "synthesize_labdct"]
