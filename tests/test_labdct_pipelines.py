@@ -126,6 +126,9 @@ def test_synth_follows_the_published_equations(stores):
     level = ndi.mean(backgrounds[2], sim.spot_label.values[2], ds.spot_id.values[rows])
     expected = ds.spot_intensity.values[rows] / (TAU * np.sqrt(ds.spot_area_px.values[rows] * I0 * level / 2))
     np.testing.assert_allclose(ds.spot_snr.values[rows], expected, rtol=1e-9)
+    # peak SNR: the brightest noise-free pixel of the spot over the per-pixel noise
+    peak = ndi.maximum(signal[2], sim.spot_label.values[2], ds.spot_id.values[rows])
+    np.testing.assert_allclose(ds.spot_peak_snr.values[rows], peak / (TAU * np.sqrt(I0 * level / 2)), rtol=1e-9)
 
 
 def test_synth_bit_identical_for_one_and_two_workers_and_resumes(stores, tmp_path):
@@ -156,6 +159,7 @@ def test_synth_spot_gain_scales_spots_and_their_snr(stores, tmp_path):
     np.testing.assert_array_equal(one.spot_gain.values, 1.0)
     np.testing.assert_array_equal(quarter.spot_gain.values, 0.25)
     np.testing.assert_allclose(quarter.spot_snr.values, 0.25 * one.spot_snr.values, rtol=1e-12)
+    np.testing.assert_allclose(quarter.spot_peak_snr.values, 0.25 * one.spot_peak_snr.values, rtol=1e-12)
     np.testing.assert_array_equal(quarter.target.values, one.target.values)  # targets do not depend on the gain
     gains = drawn.spot_gain.values
     assert ((0.1 <= gains) & (gains <= 0.5)).all() and len(set(gains)) == 4
@@ -253,10 +257,13 @@ def test_evaluate_writes_tables_and_figures(stores, tmp_path):
     assert standard["f1"] > 0.6 and record["tuned"]["tune_projections"] == 2
     snr = record["recall_by_snr"]
     assert sum(snr["count"]) == standard["n_true"] and len(snr["standard"]) == len(snr["edges"]) - 1
+    peak = record["recall_by_peak_snr"]
+    assert sum(peak["count"]) == standard["n_true"] and len(peak["dl"]) == len(peak["edges"]) - 1
     assert {"residual_mean", "residual_std", "dl_spots_per_frame", "standard_spots_per_frame"} <= set(record["real"])
     assert len(record["tuning_table"]["f1"]) == 4
     markdown = (tmp_path / "eval" / "metrics.md").read_text()
     assert "| method | precision | recall | F1 | pixel IoU |" in markdown and "| SNR | true spots |" in markdown
+    assert "Recall per peak-SNR bin" in markdown
     for name in ("panels_synthetic.png", "profiles_weak_spots.png", "recall_by_snr.png", "panels_real.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 1000 and name in markdown
     tuned = parse_params(str(tmp_path / "eval" / "standard_params.json"))

@@ -110,6 +110,10 @@ def calibrate_labdct(
     -------
     CalibrationReport
     """
+    measured, _ = read_frames(real, storage_options=storage_options)
+    measured = measured[:real_frames] if real_frames else measured
+    if len(measured) < n_rolling:
+        raise InputError(f"calibration needs at least {n_rolling} measured frames; got {len(measured)}.")
     source = open_dataset(resolve(sim, storage_options))
     if "projection" not in source or "background" not in source.attrs:
         raise InputError(f"{sim} is not a simulated LabDCT store (`rayproc labdct simulate`).")
@@ -124,10 +128,6 @@ def calibrate_labdct(
     images = background_frames(background, count, shape, beamstop, seed, storage_options)
     images = images[np.arange(count) % len(images)]
 
-    measured, _ = read_frames(real, storage_options=storage_options)
-    measured = measured[:real_frames] if real_frames else measured
-    if len(measured) < n_rolling:
-        raise InputError(f"calibration needs at least {n_rolling} measured frames; got {len(measured)}.")
     factor = measured.shape[1] // shape[0]
     if factor < 1 or measured.shape[1:] != (shape[0] * factor, shape[1] * factor):
         raise InputError(f"measured frames {measured.shape[1:]} are not an integer multiple of the simulated "

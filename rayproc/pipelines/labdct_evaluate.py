@@ -20,7 +20,8 @@ On a held-out synthesised stack (``rayproc labdct synth``, never used for traini
    spot precision, recall and F1 (one-to-one matches with IoU >= ``iou``, 0.3), recall per
    SNR bin and the pixel IoU of the spot masks with the target.
 4. **SNR of a true spot**: the ``spot_snr`` (``rayproc labdct synth``: integrated intensity over
-   the background Poisson noise under the spot) of the simulated spot covering most of it.
+   the background Poisson noise under the spot) of the simulated spot covering most of it, and
+   its ``spot_peak_snr`` (brightest pixel over the per-pixel noise; recall per bin of both).
 
 On real frames (``real``, no ground truth): the background residual of the network, i.e.
 the mean, standard deviation and 99th percentile of its spot probability over pixels more
@@ -59,6 +60,7 @@ METRICS_JSON, METRICS_MD, PARAMS_JSON = "metrics.json", "metrics.md", "standard_
 DEFAULT_GRID = {"background": (2.0, 3.0, 4.0, 6.0, 8.0, 12.0), "sigma": (1.0, 1.5, 2.0),
                 "percentage": (10.0, 20.0, 40.0), "min_size": (2, 4, 8)}
 DEFAULT_SNR_BINS = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, np.inf)
+PEAK_SNR_BINS = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0, np.inf)  # peak pixel over per-pixel noise
 SPOT_COLUMNS = ("precision", "recall", "f1", "pixel_iou", "n_pred", "n_true", "true_positives", "seconds")
 RESIDUAL_MARGIN = 3  # px kept clear of the standard routine's spots in the background residual
 PROFILE_HALF = 12  # half-length (px) of a line profile
@@ -78,10 +80,12 @@ class LabdctEvaluationReport:
     real: dict | None
     model: dict | None
     files: list[str] = field(default_factory=list)
+    recall_by_peak_snr: dict | None = None
 
     def to_dict(self) -> dict:
         return {"out": self.out, "tuned": self.tuned, "methods": self.methods, "recall_by_snr": self.recall_by_snr,
-                "real": self.real, "model": self.model, "files": list(self.files)}
+                "recall_by_peak_snr": self.recall_by_peak_snr, "real": self.real, "model": self.model,
+                "files": list(self.files)}
 
 
 def tune_relative(stack, truth, grid: Mapping[str, Sequence], *, n_rolling: int = 5, beamstop=None,
@@ -101,11 +105,13 @@ def tune_relative(stack, truth, grid: Mapping[str, Sequence], *, n_rolling: int 
     return best, float(best.background / noise) if noise > 0 else 0.0, table
 
 
-def truth_snr(truth, simulated_labels, projections, snr_table: Mapping[str, np.ndarray]) -> np.ndarray:
+def truth_snr(truth, simulated_labels, projections, snr_table: Mapping[str, np.ndarray], *,
+              column: str = "spot_snr") -> np.ndarray:
     """SNR of each true spot (sorted label order): that of the simulated spot covering most of it.
 
-    ``snr_table``: ``spot_projection``, ``spot_id`` and ``spot_snr`` of the synthesised store;
-    ``projections``: the projection index of each frame of ``truth``.
+    ``snr_table``: ``spot_projection``, ``spot_id`` and ``column`` (``spot_snr`` or
+    ``spot_peak_snr``) of the synthesised store; ``projections``: the projection index of each
+    frame of ``truth``.
     """
     truth = np.asarray(truth)
     ids = np.unique(truth[truth > 0])
@@ -122,16 +128,24 @@ def truth_snr(truth, simulated_labels, projections, snr_table: Mapping[str, np.n
     first = order[np.r_[True, np.diff(pairs[0][order]) != 0]]
     dominant = dict(zip(pairs[0][first], pairs[1][first]))
     table_keys = np.asarray(snr_table["spot_projection"], np.int64) * stride + table_ids
-    snr_of = dict(zip(table_keys, np.asarray(snr_table["spot_snr"], np.float64)))
+    snr_of = dict(zip(table_keys, np.asarray(snr_table[column], np.float64)))
     return np.array([snr_of.get(dominant.get(i, -1), np.nan) for i in ids])
 
 
-def score(pred_labels, truth_labels, target_mask, snr, bins, *, iou: float) -> tuple[dict, np.ndarray]:
-    """Spot scores of one method and the recall per SNR bin."""
+def score(pred_labels, truth_labels, target_mask, *, iou: float) -> tuple[dict, np.ndarray]:
+    """Spot scores of one method and which true spots it found."""
     match = match_spots(pred_labels, truth_labels, iou=iou)
     scores = {key: match[key] for key in ("precision", "recall", "f1", "n_pred", "n_true", "true_positives")}
     scores["pixel_iou"] = pixel_iou(pred_labels, target_mask)
-    return scores, recall_by_snr(match["true_found"], snr, bins)["recall"]
+    return scores, match["true_found"]
+
+
+def _recall_record(founds: Mapping[str, np.ndarray], snr: np.ndarray, bins: Sequence[float]) -> dict:
+    """Bin edges, true spots per bin and each method's recall per bin (None for empty bins)."""
+    count = recall_by_snr(np.zeros(len(snr), bool), snr, bins)["count"]
+    recalls = {name: recall_by_snr(found, snr, bins)["recall"] for name, found in founds.items()}
+    return {"edges": [float(e) for e in bins], "count": count.tolist(),
+            **{name: [None if np.isnan(r) else float(r) for r in values] for name, values in recalls.items()}}
 
 
 def evaluate_labdct(
@@ -211,7 +225,8 @@ def evaluate_labdct(
     frames = ds.input.values.astype(np.float32)
     target = ds.target.values > 0
     truth = label_spots(target)
-    snr_table = {name: ds[name].values for name in ("spot_projection", "spot_id", "spot_snr")}
+    snr_columns = [c for c in ("spot_snr", "spot_peak_snr") if c in ds]  # stores before peak SNR lack it
+    snr_table = {name: ds[name].values for name in ("spot_projection", "spot_id", *snr_columns)}
     no_model = model is None and not (default_model_dir(DEFAULT_MODEL_NAME) / "config.json").is_file()
     network, scale, description = (None, None, None) if no_model else load_spot_network(model, device=device)
     label_options = {} if threshold is None else {"threshold": threshold}
@@ -222,7 +237,7 @@ def evaluate_labdct(
     tuning_seconds = time.perf_counter() - started
     truth_test = label_spots(target[test])
     snr = truth_snr(truth_test, ds.spot_label.values[test], np.arange(n_tune, n), snr_table)
-    predictions, extra, methods, recalls = {}, {}, {}, {}
+    predictions, extra, methods = {}, {}, {}
     if network is not None:
         started = time.perf_counter()
         extra["dl"], predictions["dl"] = dl_segment(frames[test], network, scale, **label_options)
@@ -230,12 +245,14 @@ def evaluate_labdct(
     started = time.perf_counter()
     predictions["standard"] = standard_routine(frames[test], best)
     methods["standard"] = {"seconds": time.perf_counter() - started}
+    peak_snr = (truth_snr(truth_test, ds.spot_label.values[test], np.arange(n_tune, n), snr_table,
+                          column="spot_peak_snr") if "spot_peak_snr" in snr_table else None)
+    founds = {}
     for name, labels in predictions.items():
-        scores, recalls[name] = score(labels, truth_test, target[test], snr, snr_bins, iou=iou)
+        scores, founds[name] = score(labels, truth_test, target[test], iou=iou)
         methods[name] = {**scores, "seconds": round(methods[name]["seconds"], 3)}
-    count = recall_by_snr(np.zeros(len(snr), bool), snr, snr_bins)["count"]
-    snr_record = {"edges": [float(e) for e in snr_bins], "count": count.tolist(),
-                  **{name: [None if np.isnan(r) else float(r) for r in values] for name, values in recalls.items()}}
+    snr_record = _recall_record(founds, snr, snr_bins)
+    peak_record = None if peak_snr is None else _recall_record(founds, peak_snr, PEAK_SNR_BINS)
     reference = match_spots(truth_test, ds.spot_label.values[test], iou=iou)
     tuned = {"params": best.to_dict(), "background_k": k_best, "tune_projections": n_tune,
              "test_projections": n - n_tune, "grid": {k: list(map(float, v)) for k, v in grid.items()},
@@ -248,7 +265,7 @@ def evaluate_labdct(
                             title="synthetic projection", first=n_tune)]
     figures.append(_plot_profiles(frames[test], extra.get("dl"), predictions, truth_test, snr,
                                   folder / "profiles_weak_spots.png", first=n_tune))
-    figures.append(_plot_recall(snr_record, folder / "recall_by_snr.png"))
+    figures.append(_plot_recall(snr_record, peak_record, folder / "recall_by_snr.png"))
     real_record = None
     if real is not None:
         real_record, real_figure = _evaluate_real(real, real_beamstop_from, real_frames, best, k_best, n_rolling,
@@ -256,7 +273,8 @@ def evaluate_labdct(
         figures.append(real_figure)
     (folder / PARAMS_JSON).write_text(json.dumps(best.to_dict(), indent=2) + "\n")
     files = [str(folder / f) for f in (METRICS_JSON, METRICS_MD, PARAMS_JSON)] + [str(f) for f in figures]
-    report = LabdctEvaluationReport(str(folder), tuned, methods, snr_record, real_record, description, files)
+    report = LabdctEvaluationReport(str(folder), tuned, methods, snr_record, real_record, description, files,
+                                    peak_record)
     settings = {"synth": location.url, "real": real, "real_frames": real_frames, "iou": iou, "n_rolling": n_rolling,
                 "tune_fraction": tune_fraction, "threshold": threshold}
     record = {**report.to_dict(), "settings": settings,
@@ -413,23 +431,38 @@ def _plot_profiles(frames, denoised, predictions, truth, snr, path: Path, *, fir
     return path
 
 
-def _plot_recall(snr_record: dict, path: Path) -> Path:
+def _plot_recall(snr_record: dict, peak_record: dict | None, path: Path) -> Path:
     plt = _mpl()
-    edges = snr_record["edges"]
-    labels = [f"{a:g}-{b:g}" if np.isfinite(b) else f">={a:g}" for a, b in zip(edges[:-1], edges[1:])]
-    figure, ax = plt.subplots(figsize=(6, 3.4), constrained_layout=True)
-    for name in ("dl", "standard"):
-        if name in snr_record:
-            values = [np.nan if r is None else r for r in snr_record[name]]
-            ax.plot(range(len(labels)), values, "o-", label=name)
-    ax.set_xticks(range(len(labels)), labels, fontsize=7)
-    ax.set_xlabel("spot SNR")
-    ax.set_ylabel("recall")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend()
+    records = [(snr_record, "integrated spot SNR")] + ([(peak_record, "peak SNR (per pixel)")] if peak_record else [])
+    figure, axes = plt.subplots(1, len(records), figsize=(6 * len(records), 3.4), constrained_layout=True,
+                                squeeze=False)
+    for ax, (record, xlabel) in zip(axes[0], records):
+        edges = record["edges"]
+        labels = [f"{a:g}-{b:g}" if np.isfinite(b) else f">={a:g}" for a, b in zip(edges[:-1], edges[1:])]
+        for name in ("dl", "standard"):
+            if name in record:
+                values = [np.nan if r is None else r for r in record[name]]
+                ax.plot(range(len(labels)), values, "o-", label=name)
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("recall")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _recall_lines(record: dict, names: list[str], title: str) -> list[str]:
+    edges = record["edges"]
+    lines = ["", f"{title}:", "", "| SNR | true spots | " + " | ".join(f"recall {n}" for n in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for i, count in enumerate(record["count"]):
+        low, high = edges[i], edges[i + 1]
+        span = f"{low:g}-{high:g}" if np.isfinite(high) else f">= {low:g}"
+        cells = ["-" if record[n][i] is None else f"{record[n][i]:.3f}" for n in names]
+        lines.append(f"| {span} | {count} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _markdown(report: LabdctEvaluationReport, settings: dict, figures: list[str]) -> str:
@@ -453,18 +486,14 @@ def _markdown(report: LabdctEvaluationReport, settings: dict, figures: list[str]
         lines.append(f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['pixel_iou']:.3f} | "
                      f"{m['n_pred']} | {m['n_true']} | {m['seconds']:.2f} |")
     names = [n for n in report.methods if n in report.recall_by_snr]
-    edges = report.recall_by_snr["edges"]
-    lines += ["", "Recall per SNR bin:", "", "| SNR | true spots | " + " | ".join(f"recall {n}" for n in names) + " |",
-              "|---|---:|" + "---:|" * len(names)]
-    for i, count in enumerate(report.recall_by_snr["count"]):
-        low, high = edges[i], edges[i + 1]
-        span = f"{low:g}-{high:g}" if np.isfinite(high) else f">= {low:g}"
-        cells = ["-" if report.recall_by_snr[n][i] is None else f"{report.recall_by_snr[n][i]:.3f}" for n in names]
-        lines.append(f"| {span} | {count} | " + " | ".join(cells) + " |")
+    lines += _recall_lines(report.recall_by_snr, names, "Recall per integrated-SNR bin")
+    if report.recall_by_peak_snr is not None:
+        lines += _recall_lines(report.recall_by_peak_snr, names, "Recall per peak-SNR bin")
     lines += ["", f"Truth: spots of the LoG segmentation of the noise-free projections (`target`); its F1 against "
               f"the simulator's own spot labels is {tuned['target_vs_simulated_f1']:.3f}. A spot is found when matched "
-              f"one-to-one with IoU >= {settings['iou']}. SNR: integrated intensity of the (dominant) simulated spot "
-              "over the background Poisson noise under it. Pixel IoU: spot masks against the target mask.", ""]
+              f"one-to-one with IoU >= {settings['iou']}. Integrated SNR: intensity of the (dominant) simulated spot "
+              "over the background Poisson noise under it; peak SNR: its brightest noise-free pixel over the "
+              "per-pixel background noise. Pixel IoU: spot masks against the target mask.", ""]
     if report.real is not None:
         r = report.real
         lines += [f"## Real frames: {r['source']} ({r['frames']} frames {tuple(r['shape'])})", "",
@@ -485,5 +514,5 @@ def _markdown(report: LabdctEvaluationReport, settings: dict, figures: list[str]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DEFAULT_GRID", "DEFAULT_SNR_BINS", "LabdctEvaluationReport", "evaluate_labdct",
+__all__ = ["DEFAULT_GRID", "DEFAULT_SNR_BINS", "PEAK_SNR_BINS", "LabdctEvaluationReport", "evaluate_labdct",
            "score", "truth_snr", "tune_relative"]

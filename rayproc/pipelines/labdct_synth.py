@@ -35,7 +35,9 @@ log-uniformly per projection from a range, from ``default_rng([seed, p, 1])``; s
 projection),
 
 using ``Var[x | x0] = tau^2 x0 / 2`` with ``x0 ~ I0 * I_BG`` on background (``R_BG`` is
-within ``1 +- 1/sqrt(I0)`` of ``I0``). NaN for spots without labelled pixels and in
+within ``1 +- 1/sqrt(I0)`` of ``I0``). Per pixel (``spot_peak_snr``): the spot's peak signal
+``g max(I_simu - C_BG)`` over the same noise for ``A = 1``, i.e. how far its brightest pixel
+stands above the background noise (a spot with peak SNR < 2 is invisible pixel by pixel). NaN for spots without labelled pixels and in
 ``constant`` mode (no noise model); infinite for ``tau = 0``.
 """
 
@@ -158,11 +160,14 @@ class _SynthWriter:
             level = ndi.mean(background, labels, ids) if len(ids) else np.zeros(0)
         snr = spot_snr(gain * self.source.spot_intensity.values[rows], self.source.spot_area_px.values[rows], level,
                        tau=self.options["tau"], i0=self.options["i0"])
+        with np.errstate(invalid="ignore"):
+            peak = ndi.maximum(clean - self.c_bg, labels, ids) if len(ids) else np.zeros(0)
+        peak_snr = spot_snr(gain * np.asarray(peak), 1, level, tau=self.options["tau"], i0=self.options["i0"])
         if self.options["mode"] == "constant":
-            snr[:] = np.nan
+            snr[:] = peak_snr[:] = np.nan
         write_task(self.out, task_name(index),
                    {"input": ((index,), noisy), "target": ((index,), target), "spot_label": ((index,), labels)},
-                   table={"row": rows, "snr": snr, "background_frame": np.array([frame]),
+                   table={"row": rows, "snr": snr, "peak_snr": peak_snr, "background_frame": np.array([frame]),
                           "spot_gain": np.array([gain])})
         return index
 
@@ -289,12 +294,14 @@ def synthesize_labdct(
                                             desc="synthesis", progress=progress, on_start=on_start))
     tasks = [task_name(p) for p in range(n)]
     tables = task_tables(location, [t for t in tasks if t in done_tasks(location)])
-    snr = np.full(source.sizes["spot"], np.nan)
+    snr, peak_snr = np.full(source.sizes["spot"], np.nan), np.full(source.sizes["spot"], np.nan)
     for table in tables.values():
         snr[table["row"]] = table["snr"]
+        peak_snr[table["row"]] = table["peak_snr"]
     spot_vars = [name for name, var in source.data_vars.items() if var.dims == ("spot",)]
     table = source[spot_vars].load()
     table["spot_snr"] = ("spot", snr, {"long_name": "integrated spot SNR over background Poisson noise"})
+    table["spot_peak_snr"] = ("spot", peak_snr, {"long_name": "peak spot signal over the per-pixel background noise"})
     used = np.array([tables[t]["background_frame"][0] if t in tables else -1 for t in tasks], np.int32)
     table["background_frame"] = ("omega", used, {"long_name": "background frame used (-1: not done)"})
     gains = np.array([tables[t]["spot_gain"][0] if t in tables else np.nan for t in tasks])
