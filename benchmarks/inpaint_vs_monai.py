@@ -7,16 +7,23 @@ the throughput of each (portions/s over ``--repeats`` paired runs), the median r
 largest difference between the two results.
 
 Target: ours / MONAI >= 1.0, max |difference| at float32 rounding. The page-fault counts show
-allocator churn: glibc returns freed blocks to the kernel and refaults them
-(``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_`` or jemalloc change that).
+allocator churn: with glibc's defaults freed activations go back to the kernel and are
+faulted in again every batch. rayproc's processes keep them
+(:func:`rayproc.runtime.memory.retain_freed_memory`, ``--allocator retain``, the default here;
+it applies to the whole process, so to both sides). ``--compare-allocators`` measures what that
+buys: our stitcher alone in fresh processes with glibc defaults and with retained memory,
+alternating, and prints the throughput ratio.
 
-    python benchmarks/inpaint_vs_monai.py [--size 96] [--batch-size 8] [--threads 2]
+    python benchmarks/inpaint_vs_monai.py [--size 96] [--batch-size 8] [--threads 2] [--compare-allocators]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import time
 
 
@@ -28,7 +35,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default=None, help="model directory (default: untrained default gapnet)")
+    parser.add_argument("--allocator", choices=("retain", "default"), default="retain",
+                        help="keep freed memory in the process (rayproc's setting) or glibc defaults")
+    parser.add_argument("--compare-allocators", action="store_true",
+                        help="our stitcher alone, glibc defaults vs retained memory, in fresh processes")
+    parser.add_argument("--only-ours", action="store_true", help=argparse.SUPPRESS)  # a child of the comparison
     args = parser.parse_args()
+    if args.compare_allocators:
+        return compare_allocators(args)
+    if args.allocator == "retain":
+        from rayproc.runtime.memory import retain_freed_memory
+
+        retain_freed_memory()
 
     import numpy as np
     import torch
@@ -71,6 +89,15 @@ def main() -> None:
                                               mode="constant", predictor=lambda t: network(t[:, :1], t[:, 1:]))
         return result[0, 0].numpy()
 
+    if args.only_ours:
+        ours()  # warm-up
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        started = time.perf_counter()
+        ours()
+        print(json.dumps({"rate": len(origins) / (time.perf_counter() - started),
+                          "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before}))
+        return
+
     results, rates, faults, ours_seconds = {}, {"rayproc": [], "monai": []}, {"rayproc": 0, "monai": 0}, 0.0
     pair = (("rayproc", ours), ("monai", monai))
     for repeat in range(args.repeats):  # paired runs, alternating which goes first
@@ -93,7 +120,28 @@ def main() -> None:
           f"{' '.join(f'{r:.2f}' for r in ratios)} (target >= 1.0)")
     print(f"  rayproc time outside the network (crop, merge, blend): "
           f"{100 * (1 - network_seconds[0] / ours_seconds):.1f}%")
-    print(f"  max |rayproc - monai|: {difference:.3g} (outputs in [0, 1])")
+    print(f"  max |rayproc - monai|: {difference:.3g} (outputs in [0, 1]); allocator: {args.allocator}")
+
+
+def compare_allocators(args) -> None:
+    """Our stitcher in fresh processes, glibc defaults vs retained freed memory, alternating."""
+    import numpy as np
+
+    base = [sys.executable, __file__, "--only-ours", "--size", str(args.size), "--batch-size", str(args.batch_size),
+            "--overlap", str(args.overlap), "--threads", str(args.threads)]
+    base += ["--model", args.model] if args.model else []
+    runs = {"default": [], "retain": []}
+    for repeat in range(args.repeats):
+        for allocator in (("default", "retain") if repeat % 2 == 0 else ("retain", "default")):
+            output = subprocess.run([*base, "--allocator", allocator], check=True, capture_output=True, text=True)
+            runs[allocator].append(json.loads(output.stdout.strip().splitlines()[-1]))
+    print(f"our stitcher, {args.size}^3, batch {args.batch_size}, {args.threads} torch threads, "
+          f"{args.repeats} paired processes")
+    for allocator, rows in runs.items():
+        print(f"  {allocator:8s} {np.median([r['rate'] for r in rows]):7.1f} portions/s (median), "
+              f"{int(np.median([r['faults'] for r in rows]))} minor page faults per run")
+    ratios = [r["rate"] / d["rate"] for r, d in zip(runs["retain"], runs["default"])]
+    print(f"  retained / default: median {np.median(ratios):.2f}, per pair {' '.join(f'{r:.2f}' for r in ratios)}")
 
 
 if __name__ == "__main__":

@@ -414,3 +414,25 @@ def test_sample_stack_chunks_frames_independently():
             weights="gaussian", batch_size=5,
         )
         np.testing.assert_allclose(single[0][f], mean, rtol=1e-6, atol=1e-7)
+
+
+def test_update_moments_with_scratch_is_bit_identical_and_allocation_free():
+    from rayproc.stitching import update_moments
+
+    rng = np.random.default_rng(3)
+    values, weights = rng.random((5, 6, 7)), rng.random((5, 6, 7)) + 0.1
+    plain = [np.zeros((6, 7)) for _ in range(3)]
+    scratched = [np.zeros((6, 7)) for _ in range(3)]
+    scratch = (np.full((8, 9), np.nan), np.full((8, 9), np.nan))  # larger than the region: views are used
+    for value, weight in zip(values, weights):
+        update_moments(*plain, value, weight)
+        update_moments(*scratched, value, weight, scratch=scratch)
+    for a, b in zip(plain, scratched):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(plain[0], np.average(values, axis=0, weights=weights))
+
+
+def test_retain_freed_memory_is_idempotent():
+    from rayproc.runtime.memory import retain_freed_memory
+
+    assert retain_freed_memory() in (True, False) and retain_freed_memory() == retain_freed_memory()

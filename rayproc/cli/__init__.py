@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     Usage errors are reported by typer itself (exit status 2).
     """
     from rayproc.errors import RayprocError
+    from rayproc.runtime.memory import retain_freed_memory
 
+    retain_freed_memory()  # in-process inference and training: no page faults per batch
     try:
         app(args=argv, standalone_mode=True)
     except SystemExit as exc:

@@ -52,6 +52,7 @@ from rayproc.models.artifact import load_model, save_model
 from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
 from rayproc.models.losses import inpainting_loss
 from rayproc.runtime import ray_session
+from rayproc.runtime.memory import retain_freed_memory
 from rayproc.runtime.training import LOSS_CURVE, METRICS_LOG, fit, read_history, write_epoch
 from rayproc.storage import Location, command_line, filesystem, provenance, redacted, resolve, with_retries
 
@@ -253,6 +254,7 @@ def train_loop(config: dict) -> None:
     spec = TrainSpec.from_dict(config)
     session = _RayTrain() if spec.ray_train else _InProcess(spec)
     torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
+    retain_freed_memory()
     rank, world = _rank_and_world()
     torch.manual_seed(spec.seed)
     model = build_bcdi_net(spec.arch)

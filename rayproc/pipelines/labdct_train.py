@@ -56,6 +56,7 @@ from rayproc.pipelines.bcdi_train import (
     run_name, save_checkpoint,
 )
 from rayproc.runtime import ray_session
+from rayproc.runtime.memory import retain_freed_memory
 from rayproc.runtime.training import fit, write_epoch
 from rayproc.storage import Location, command_line, open_dataset, provenance, redacted, resolve, with_retries
 
@@ -313,6 +314,7 @@ def train_loop(config: dict) -> None:
     spec = LabdctTrainSpec.from_dict(config)
     session = _RayTrain() if spec.ray_train else _InProcess(spec)
     torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
+    retain_freed_memory()
     rank, world = _rank_and_world()
     torch.manual_seed(spec.seed)
     model = build_labdct_net(spec.arch)

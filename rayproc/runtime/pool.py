@@ -25,7 +25,10 @@ def _limit_codec_threads(cpus: float) -> None:
 
 class _StageActor:
     def __init__(self, factory: Callable[[], Callable[[Any], Any]], cpus: float = 1.0):
+        from rayproc.runtime.memory import retain_freed_memory
+
         _limit_codec_threads(cpus)
+        retain_freed_memory()
         self._stage = factory()
 
     def run(self, item):

@@ -28,7 +28,7 @@ class Merger(Protocol):
         """Return the weighted mean and weighted standard deviation over the region."""
 
 
-def update_moments(mean, m2, weight_sum, values, weights) -> None:
+def update_moments(mean, m2, weight_sum, values, weights, *, scratch=None) -> None:
     """Add one weighted prediction to running weighted moments, in place.
 
     Parameters
@@ -40,6 +40,10 @@ def update_moments(mean, m2, weight_sum, values, weights) -> None:
         The prediction.
     weights : ndarray, shape (*S)
         Its positive weights.
+    scratch : (ndarray, ndarray) of float64, optional
+        Two work arrays of at least shape ``S`` along every axis (e.g. the patch shape),
+        reused across calls so that no temporary is allocated per window; the result is
+        the same to the bit.
 
     Notes
     -----
@@ -56,10 +60,19 @@ def update_moments(mean, m2, weight_sum, values, weights) -> None:
     .. [1] D. H. D. West, "Updating mean and variance estimates: an improved method",
        Commun. ACM 22 (1979) 532-535. :doi:`10.1145/359146.359153`
     """
+    region = tuple(slice(0, n) for n in np.shape(mean))
+    if scratch is None:
+        scratch = (np.empty(np.shape(mean)), np.empty(np.shape(mean)))
+    delta, step = scratch[0][region], scratch[1][region]
     weight_sum += weights
-    delta = values - mean
-    mean += delta * (weights / weight_sum)
-    m2 += weights * delta * (values - mean)
+    np.subtract(values, mean, out=delta)
+    np.divide(weights, weight_sum, out=step)
+    step *= delta
+    mean += step  # mean += delta * (weights / weight_sum)
+    np.multiply(weights, delta, out=delta)
+    np.subtract(values, mean, out=step)
+    delta *= step
+    m2 += delta  # m2 += weights * delta * (values - mean)
 
 
 def finalize_moments(mean, m2, weight_sum, *, fill=np.nan, dtype=np.float32):
@@ -151,6 +164,7 @@ class ArrayMerger:
         self._mean = np.zeros(self.shape)
         self._m2 = np.zeros(self.shape)
         self._weight_sum = np.zeros(self.shape)
+        self._scratch = (np.empty(self.patch), np.empty(self.patch))  # no allocation per window
 
     def aggregate(self, values: np.ndarray, origins: np.ndarray) -> None:
         """Add window predictions.
@@ -183,7 +197,7 @@ class ArrayMerger:
             source = tuple(slice(a - s, b - s) for a, b, s in zip(first, stop, start))
             update_moments(
                 self._mean[target], self._m2[target], self._weight_sum[target],
-                value[source], self.weight_map[source],
+                value[source], self.weight_map[source], scratch=self._scratch,
             )
 
     def finalize(self) -> tuple[np.ndarray, np.ndarray]:
