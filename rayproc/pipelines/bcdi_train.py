@@ -34,25 +34,22 @@ import json
 import math
 import re
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
 
 from rayproc.bcdi.gaps import GAP_KINDS, gaps_to_mask
 from rayproc.bcdi.metrics import gap_pcc
-from rayproc.bcdi.portion_dataset import EpochSampler, PortionDataset, VolumeCache, VolumeRef, list_volumes
+from rayproc.bcdi.portion_dataset import PortionDataset, VolumeCache, VolumeRef, list_volumes
 from rayproc.bcdi.portions import NormStats, denormalise_portion
 from rayproc.errors import InputError, RayprocError
 from rayproc.models.artifact import load_model, save_model
 from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
 from rayproc.models.losses import inpainting_loss
 from rayproc.runtime import ray_session
-from rayproc.runtime.memory import retain_freed_memory
+from rayproc.runtime.epochs import STATE_FILE, Precision, run_epochs, start_worker, sum_across_workers
 from rayproc.runtime.training import LOSS_CURVE, METRICS_LOG, fit, read_history, write_epoch
 from rayproc.storage import Location, command_line, filesystem, provenance, redacted, resolve, with_retries
 
@@ -63,7 +60,6 @@ NORMALISATION = {
     "gap_input": "zero",
 }
 RUN_FILE = "rayproc_run.json"
-STATE_FILE = "state.pt"
 # Spec fields a rerun may change and still resume the same run.
 _RESUMABLE_CHANGES = (
     "epochs", "progress", "gpu", "cpus_per_worker", "loader_workers", "ray_train", "checkpoints",
@@ -157,33 +153,6 @@ def exclusion_mask(spec: TrainSpec, shape) -> np.ndarray | None:
     return mask
 
 
-class Precision:
-    """Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); fp32 on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device_type = device.type
-        self.enabled = device.type == "cuda"
-        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
-
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _sum_across_workers(values, device: torch.device) -> np.ndarray:
-    """Element-wise sum of ``values`` over all data-parallel workers."""
-    total = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total)
-    return total.cpu().numpy()
-
-
 def train_one_epoch(model, loader, optimizer, precision: Precision, *, progress=None) -> float:
     """One pass over ``loader``; returns the mean inpainting loss over all workers' portions."""
     model.train()
@@ -202,7 +171,7 @@ def train_one_epoch(model, loader, optimizer, precision: Precision, *, progress=
         count += len(target)
         if progress is not None:
             progress.update(len(target))
-    loss_sum, n = _sum_across_workers([total, count], device)
+    loss_sum, n = sum_across_workers([total, count], device)
     return float(loss_sum / max(n, 1))
 
 
@@ -230,7 +199,7 @@ def evaluate(model, loader, precision: Precision, gap_widths) -> dict:
             if np.isfinite(pcc) and width in widths:
                 pcc_sum[widths.index(width)] += pcc
                 pcc_n[widths.index(width)] += 1
-    totals = _sum_across_workers([loss_sum, count, *pcc_sum, *pcc_n], device)
+    totals = sum_across_workers([loss_sum, count, *pcc_sum, *pcc_n], device)
     loss_sum, count, pcc_sum, pcc_n = totals[0], totals[1], totals[2:2 + len(widths)], totals[2 + len(widths):]
     row = {"val_loss": float(loss_sum / max(count, 1)),
            "val_pcc": float(pcc_sum.sum() / pcc_n.sum()) if pcc_n.sum() else None}
@@ -239,79 +208,24 @@ def evaluate(model, loader, precision: Precision, gap_widths) -> dict:
     return row
 
 
-def _cpu_copy(module: torch.nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in getattr(module, "module", module).state_dict().items()}
-
-
 def train_loop(config: dict) -> None:
     """Train on this worker's share of the portions (plain torch; see :class:`TrainSpec`).
 
     Inside Ray Train (``config["ray_train"]``) the model is wrapped for DDP, batches are
     moved to the worker's device and every epoch is reported with a checkpoint; otherwise
     checkpoints go to ``config["checkpoints"]`` and the logs straight to ``config["out"]``.
-    Resumes from the latest checkpoint when there is one.
+    Resumes from the latest checkpoint when there is one (:func:`rayproc.runtime.epochs.run_epochs`).
     """
     spec = TrainSpec.from_dict(config)
     session = _RayTrain() if spec.ray_train else _InProcess(spec)
-    torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
-    retain_freed_memory()
-    rank, world = _rank_and_world()
-    torch.manual_seed(spec.seed)
+    start_worker(spec)
     model = build_bcdi_net(spec.arch)
     if spec.init_model:
         model.load_state_dict(load_model(spec.init_model)[0].state_dict())
-    device = session.device(spec.gpu)
-    model.to(device)  # before the optimizer, so restored optimizer state lands on the device too
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
-    precision = Precision(device)
-    history, best_weights = [], None
-    with session.checkpoint() as folder:
-        if folder is not None:
-            saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            if saved["scaler"] and precision.scaler.is_enabled():
-                precision.scaler.load_state_dict(saved["scaler"])
-            history, best_weights = list(saved["history"]), saved["best_model"]
-    start = len(history)
-    model = session.prepare_model(model)
     train_set, val_set = datasets_for(spec)
-    train_sampler = EpochSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed)
-    loader_options = dict(batch_size=spec.batch_size, num_workers=spec.loader_workers,
-                          persistent_workers=spec.loader_workers > 0, pin_memory=device.type == "cuda")
-    train_loader = session.prepare_data_loader(DataLoader(train_set, sampler=train_sampler, **loader_options))
-    val_loader = session.prepare_data_loader(DataLoader(
-        val_set, sampler=DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False), **loader_options))
-    for epoch in range(start, spec.epochs):
-        began = time.perf_counter()
-        train_sampler.set_epoch(epoch)
-        bar = session.progress(len(train_sampler), f"epoch {epoch + 1}/{spec.epochs}") if spec.progress and rank == 0 else None
-        train_loss = train_one_epoch(model, train_loader, optimizer, precision, progress=bar)
-        train_seconds = time.perf_counter() - began
-        if bar is not None:
-            bar.close()
-        row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, val_loader, precision, spec.gap_widths)}
-        scheduler.step(row["val_loss"])
-        row.update(lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - began, workers=world,
-                   start_epoch=start, portions_per_second=len(train_set) / train_seconds)
-        history.append(row)
-        if best_weights is None or row["val_loss"] <= min(r["val_loss"] for r in history):
-            best_weights = _cpu_copy(model)
-        if rank == 0 and spec.progress:
-            print(_summary(row, spec.epochs), flush=True)
-        with tempfile.TemporaryDirectory() as folder:
-            if rank == 0:
-                torch.save({"model": _cpu_copy(model), "best_model": best_weights, "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "scaler": precision.scaler.state_dict(),
-                            "history": history}, Path(folder) / STATE_FILE)
-            session.report(row, folder if rank == 0 else None)
-        if spec.fail_once_after_epoch == epoch and start == 0:
-            # Fail as if during the next epoch: first let Ray Train's controller poll the workers
-            # (every 2 s) and register this epoch's checkpoint, or the restart may not see it.
-            time.sleep(5.0)
-            raise RuntimeError(f"injected failure after epoch {epoch} (fail_once_after_epoch)")
+    run_epochs(spec, session, model, session.device(spec.gpu), train_set, val_set, train_epoch=train_one_epoch,
+               validate=functools.partial(evaluate, gap_widths=spec.gap_widths), rate_key="portions_per_second",
+               summary=_summary)
 
 
 def _summary(row: dict, epochs: int) -> str:

@@ -1,11 +1,13 @@
 """``rayproc labdct train``: train the LabDCT spot-denoising network with Ray Train.
 
 The same shell as :mod:`rayproc.pipelines.bcdi_train` (whose generic pieces are imported:
-mixed precision, the Ray Train session, checkpoints, run claiming and resuming):
+the Ray Train session, checkpoints, run claiming and resuming) and the same epoch loop
+(:func:`rayproc.runtime.epochs.run_epochs`):
 
 * :func:`train_loop` is plain torch for one data-parallel worker, driven by a config dict
-  (:class:`LabdctTrainSpec`); Ray appears only in the imported ``_RayTrain`` session; in one
-  process :class:`_InProcess` stands in for it (``workers=0``).
+  (:class:`LabdctTrainSpec`): the model, the tile datasets and the loss/metric steps handed to
+  ``run_epochs``. Ray appears only in the imported ``_RayTrain`` session; in one process
+  :class:`_InProcess` stands in for it (``workers=0``).
 * :func:`train_labdct` builds the spec, runs it on ``workers`` TorchTrainer workers (gloo on
   CPU, NCCL with ``gpu``), checkpoints every epoch to ``storage`` (local or ``s3://``),
   restarts failed workers from the last checkpoint (``FailureConfig``), resumes a rerun of
@@ -34,29 +36,26 @@ import dataclasses
 import functools
 import json
 import math
-import tempfile
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
-from rayproc.bcdi.portion_dataset import EpochSampler
 from rayproc.errors import InputError, RayprocError
 from rayproc.labdct.denoise import DEFAULT_SCALE, FAMILY, dl_spot_labels, normalise_frames
 from rayproc.labdct.spots import label_spots, match_spots
 from rayproc.models.artifact import save_model
 from rayproc.models.labdct_unet import LabdctNetConfig, build_labdct_net, feature_loss, load_feature_net
 from rayproc.pipelines.bcdi_train import (
-    STATE_FILE, Precision, TrainReport, _check_resources, _cpu_copy, _InProcess as _BcdiInProcess,
-    _rank_and_world, _RayTrain, _start_run, _sum_across_workers, _worker_resources, latest_checkpoint, local_checkpoint,
+    TrainReport, _check_resources, _InProcess as _BcdiInProcess, _RayTrain, _start_run, _worker_resources,
+    latest_checkpoint, local_checkpoint,
     run_name, save_checkpoint,
 )
 from rayproc.runtime import ray_session
-from rayproc.runtime.memory import retain_freed_memory
+from rayproc.runtime.epochs import STATE_FILE, Precision, run_epochs, start_worker, sum_across_workers
 from rayproc.runtime.training import fit, write_epoch
 from rayproc.storage import Location, command_line, open_dataset, provenance, redacted, resolve, with_retries
 
@@ -272,7 +271,7 @@ def train_one_epoch(model, loader, optimizer, precision: Precision, *, feature_n
         count += len(x)
         if progress is not None:
             progress.update(len(x))
-    loss_sum, n = _sum_across_workers([total, count], device)
+    loss_sum, n = sum_across_workers([total, count], device)
     return float(loss_sum / max(n, 1))
 
 
@@ -295,7 +294,7 @@ def evaluate(model, loader, precision: Precision, *, feature_net=None) -> dict:
         hits, n_pred, n_true = hits + scores["true_positives"], n_pred + scores["n_pred"], n_true + scores["n_true"]
         inter += np.count_nonzero((probability >= 0.5) & truth)
         union += np.count_nonzero((probability >= 0.5) | truth)
-    loss_sum, count, hits, n_pred, n_true, inter, union = _sum_across_workers(
+    loss_sum, count, hits, n_pred, n_true, inter, union = sum_across_workers(
         [loss_sum, count, hits, n_pred, n_true, inter, union], device)
     spot_precision, recall = hits / n_pred if n_pred else 1.0, hits / n_true if n_true else 1.0
     f1 = 2 * spot_precision * recall / (spot_precision + recall) if spot_precision + recall else 0.0
@@ -309,70 +308,25 @@ def train_loop(config: dict) -> None:
 
     Inside Ray Train (``config["ray_train"]``) the model is wrapped for DDP and every epoch is
     reported with a checkpoint; otherwise checkpoints go to ``config["checkpoints"]`` and the
-    logs straight to ``config["out"]``. Resumes from the latest checkpoint when there is one.
+    logs straight to ``config["out"]``. Resumes from the latest checkpoint when there is one
+    (:func:`rayproc.runtime.epochs.run_epochs`).
     """
     spec = LabdctTrainSpec.from_dict(config)
     session = _RayTrain() if spec.ray_train else _InProcess(spec)
-    torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
-    retain_freed_memory()
-    rank, world = _rank_and_world()
-    torch.manual_seed(spec.seed)
+    start_worker(spec)
     model = build_labdct_net(spec.arch)
     device = session.device(spec.gpu)
-    model.to(device)
     feature_net = load_feature_net(spec.feature_net).to(device) if spec.feature_net else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
-    precision = Precision(device)
-    history, best_weights = [], None
-    with session.checkpoint() as folder:
-        if folder is not None:
-            saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            if saved["scaler"] and precision.scaler.is_enabled():
-                precision.scaler.load_state_dict(saved["scaler"])
-            history, best_weights = list(saved["history"]), saved["best_model"]
-    start = len(history)
-    model = session.prepare_model(model)
     train_set, val_set = datasets_for(spec)
-    train_sampler = EpochSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed)
-    loader_options = dict(batch_size=spec.batch_size, num_workers=spec.loader_workers,
-                          persistent_workers=spec.loader_workers > 0, pin_memory=device.type == "cuda")
-    train_loader = session.prepare_data_loader(DataLoader(train_set, sampler=train_sampler, **loader_options))
-    val_loader = session.prepare_data_loader(DataLoader(
-        val_set, sampler=DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False), **loader_options))
-    for epoch in range(start, spec.epochs):
-        began = time.perf_counter()
-        train_sampler.set_epoch(epoch)
-        bar = session.progress(len(train_sampler), f"epoch {epoch + 1}/{spec.epochs}") if spec.progress and rank == 0 else None
-        train_loss = train_one_epoch(model, train_loader, optimizer, precision, feature_net=feature_net, progress=bar)
-        train_seconds = time.perf_counter() - began
-        if bar is not None:
-            bar.close()
-        row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, val_loader, precision, feature_net=feature_net)}
-        scheduler.step(row["val_loss"])
-        row.update(lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - began, workers=world,
-                   start_epoch=start, tiles_per_second=len(train_set) / train_seconds)
-        history.append(row)
-        if best_weights is None or row["val_loss"] <= min(r["val_loss"] for r in history):
-            best_weights = _cpu_copy(model)
-        if rank == 0 and spec.progress:
-            print(f"epoch {epoch + 1}/{spec.epochs}: train loss {train_loss:.4f}, val loss {row['val_loss']:.4f}, "
-                  f"val spot F1 {row['val_f1']:.3f}, IoU {row['val_iou']:.3f}, "
-                  f"{row['tiles_per_second']:.1f} tiles/s", flush=True)
-        with tempfile.TemporaryDirectory() as folder:
-            if rank == 0:
-                torch.save({"model": _cpu_copy(model), "best_model": best_weights, "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "scaler": precision.scaler.state_dict(),
-                            "history": history}, Path(folder) / STATE_FILE)
-            session.report(row, folder if rank == 0 else None)
-        if spec.fail_once_after_epoch == epoch and start == 0:
-            # Fail as if during the next epoch: first let Ray Train's controller poll the workers
-            # (every 2 s) and register this epoch's checkpoint, or the restart may not see it.
-            time.sleep(5.0)
-            raise RuntimeError(f"injected failure after epoch {epoch} (fail_once_after_epoch)")
+    run_epochs(spec, session, model, device, train_set, val_set,
+               train_epoch=functools.partial(train_one_epoch, feature_net=feature_net),
+               validate=functools.partial(evaluate, feature_net=feature_net), rate_key="tiles_per_second",
+               summary=_summary)
+
+
+def _summary(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch'] + 1}/{epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+            f"val spot F1 {row['val_f1']:.3f}, IoU {row['val_iou']:.3f}, {row['tiles_per_second']:.1f} tiles/s")
 
 
 class _InProcess(_BcdiInProcess):

@@ -1,7 +1,8 @@
 """Ray Train shell shared by the training pipelines: epoch logs, checkpoint storage, the fit call.
 
 The pipelines (``rayproc.pipelines.bcdi_train``, ``labdct_train``) own their data, model and
-per-epoch loop (a plain ``train_loop(config)``); this module runs such a loop on Ray Train's
+loss/metric steps (a plain ``train_loop(config)`` around :func:`rayproc.runtime.epochs.run_epochs`,
+the epoch loop they share); this module runs such a loop on Ray Train's
 ``TorchTrainer`` (gloo on CPU, NCCL on GPU), restarts failed workers from the last checkpoint,
 and writes each epoch's metrics row as JSON lines plus a curve PNG next to the model.
 """
