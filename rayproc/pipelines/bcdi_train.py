@@ -50,7 +50,7 @@ from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
 from rayproc.models.losses import inpainting_loss
 from rayproc.runtime import ray_session
 from rayproc.runtime.epochs import STATE_FILE, Precision, run_epochs, start_worker, sum_across_workers
-from rayproc.runtime.training import LOSS_CURVE, METRICS_LOG, fit, read_history, write_epoch
+from rayproc.runtime.training import LOSS_CURVE, METRICS_LOG, fit, plot_curves, read_history, write_epoch
 from rayproc.storage import Location, command_line, filesystem, provenance, redacted, resolve, with_retries
 
 GAP_WIDTHS = (3, 6, 9, 12)
@@ -365,28 +365,9 @@ def record_epoch(out: str | Path, row: dict) -> None:
 
 def plot_history(rows: list[dict], path: Path) -> None:
     """Loss curves (train, validation) and in-gap PCC per gap width against epoch, as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [r["epoch"] + 1 for r in rows]
-    figure = Figure(figsize=(9, 3.5), layout="constrained")
-    FigureCanvasAgg(figure)
-    losses, pccs = figure.subplots(1, 2)
-    for key, label in (("train_loss", "training"), ("val_loss", "validation")):
-        losses.plot(epochs, [r[key] for r in rows], marker="o", label=label)
-    losses.set(xlabel="epoch", ylabel="loss (MAE + 1 - SSIM + gradient MAE)", yscale="log")
-    losses.legend()
-    for key in sorted((k for k in rows[-1] if k.startswith("val_pcc_w")), key=lambda k: int(k[9:])):
-        pccs.plot(epochs, [np.nan if r.get(key) is None else r[key] for r in rows], marker="o",
-                  label=f"gap width {key[9:]}")
-    pccs.set(xlabel="epoch", ylabel="in-gap PCC of log intensity")
-    pccs.legend()
-    for axes in (losses, pccs):
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=100)
-    temporary.replace(path)
+    widths = sorted((k for k in rows[-1] if k.startswith("val_pcc_w")), key=lambda k: int(k[9:]))
+    plot_curves(rows, path, loss_label="loss (MAE + 1 - SSIM + gradient MAE)",
+                scores=[(key, f"gap width {key[9:]}") for key in widths], score_label="in-gap PCC of log intensity")
 
 
 # ---------------------------------------------------------------------------------------------

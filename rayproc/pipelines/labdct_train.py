@@ -56,7 +56,7 @@ from rayproc.pipelines.bcdi_train import (
 )
 from rayproc.runtime import ray_session
 from rayproc.runtime.epochs import STATE_FILE, Precision, run_epochs, start_worker, sum_across_workers
-from rayproc.runtime.training import fit, write_epoch
+from rayproc.runtime.training import fit, plot_curves, write_epoch
 from rayproc.storage import Location, command_line, open_dataset, provenance, redacted, resolve, with_retries
 
 DEFAULT_TILE = 128
@@ -355,27 +355,9 @@ def record_epoch(out: str | Path, row: dict) -> None:
 
 def plot_history(rows: list[dict], path: Path) -> None:
     """Loss curves (train, validation) and validation spot F1 / pixel IoU against epoch, as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [r["epoch"] + 1 for r in rows]
-    figure = Figure(figsize=(9, 3.5), layout="constrained")
-    FigureCanvasAgg(figure)
-    losses, scores = figure.subplots(1, 2)
-    for key, label in (("train_loss", "training"), ("val_loss", "validation")):
-        losses.plot(epochs, [r[key] for r in rows], marker="o", label=label)
-    losses.set(xlabel="epoch", ylabel="loss (feature loss: MAE + 1 - SSIM)", yscale="log")
-    losses.legend()
-    for key, label in (("val_f1", "spot F1"), ("val_iou", "pixel IoU")):
-        scores.plot(epochs, [r[key] for r in rows], marker="o", label=label)
-    scores.set(xlabel="epoch", ylabel="validation score (threshold 0.5)", ylim=(0, 1))
-    scores.legend()
-    for axes in (losses, scores):
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=100)
-    temporary.replace(path)
+    plot_curves(rows, path, loss_label="loss (feature loss: MAE + 1 - SSIM)",
+                scores=[("val_f1", "spot F1"), ("val_iou", "pixel IoU")],
+                score_label="validation score (threshold 0.5)", score_limits=(0, 1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,37 @@ def write_epoch(out: str | Path, row: dict, plot: Callable[[list[dict], Path], N
     plot(rows, out / LOSS_CURVE)
 
 
+def plot_curves(rows: list[dict], path: Path, *, loss_label: str, scores: list[tuple[str, str]], score_label: str,
+                score_limits: tuple[float, float] | None = None) -> None:
+    """Loss curves (train, validation) and validation ``scores`` (``(key, label)``) against epoch, as a PNG.
+
+    Missing (None) scores are gaps; the PNG is replaced atomically.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] + 1 for r in rows]
+    figure = Figure(figsize=(9, 3.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    losses, metric = figure.subplots(1, 2)
+    for key, label in (("train_loss", "training"), ("val_loss", "validation")):
+        losses.plot(epochs, [r[key] for r in rows], marker="o", label=label)
+    losses.set(xlabel="epoch", ylabel=loss_label, yscale="log")
+    for key, label in scores:
+        metric.plot(epochs, [np.nan if r.get(key) is None else r[key] for r in rows], marker="o", label=label)
+    metric.set(xlabel="epoch", ylabel=score_label)
+    if score_limits is not None:
+        metric.set_ylim(*score_limits)
+    for axes in (losses, metric):
+        axes.legend()
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=100)
+    temporary.replace(path)
+
+
 def ray_storage(location: Location):
     """``(storage_path, storage_filesystem)`` for Ray Train's RunConfig (local folder or ``s3://``)."""
     if not location.is_remote:
