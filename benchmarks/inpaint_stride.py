@@ -5,7 +5,7 @@ stitcher (:func:`rayproc.bcdi.inpaint.inpaint_volume`) with the published settin
 each candidate (stride, blend), and prints the in-gap PCC (Masto et al. 2024, eq. 1), its
 difference to the published one, the number of portions and the speed-up.
 
-Targets for the default (stride 16, mean): PCC at most 0.002 below the published one, and a
+Targets for the default (stride 8, mean): PCC at most 0.002 below the published one, and a
 speed-up >= 50x at 128^3.
 The published run evaluates ~19,000 portions at 128^3 (about 10 min on 2 cores with the default
 network); ``--size 64`` (~2,200 portions) gives a quick check.
