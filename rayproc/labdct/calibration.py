@@ -16,8 +16,9 @@ relative to their noise at a chosen quantile:
    in ``log g`` (:func:`match_spot_gain`).
 
 Both stacks pass the same detection threshold; a high quantile (the bright end, detected
-completely in both) is least sensitive to how many spots lie just above it. Measured frames are binned to the simulated pixel size first
-(:func:`bin_frames`), since summing ``b x b`` pixels raises a spot's SNR by about ``b``.
+completely in both) is least sensitive to how many spots lie just above it. Measured frames
+are binned to the simulated pixel size first (:func:`bin_frames`), since summing ``b x b``
+pixels raises a spot's SNR by about ``b``.
 
 References
 ----------
@@ -36,7 +37,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from rayproc.errors import InputError
-from rayproc.labdct.standard_routine import log_spot_labels, residual_noise, rolling_median_subtract
+from rayproc.labdct.standard_routine import log_spot_labels, robust_noise, rolling_median_subtract
 
 DETECTION_K = 5.0  # detection threshold in units of the residual noise
 
@@ -88,10 +89,10 @@ def detected_spot_snr(
     stack = np.asarray(stack, dtype=np.float32)
     if stack.ndim != 3:
         raise InputError(f"frames must be a stack (N, H, W); got shape {stack.shape} instead.")
-    noise = residual_noise(stack, n_rolling, beamstop=beamstop)
+    residual = rolling_median_subtract(stack, n_rolling)
+    noise = robust_noise(residual, beamstop=beamstop)
     if noise <= 0:
         raise InputError("the frames have no residual noise after the rolling median; cannot detect spots.")
-    residual = rolling_median_subtract(stack, n_rolling)
     labels = log_spot_labels(residual, background=k * noise, sigma=sigma, percentage=percentage,
                              min_size=min_size, beamstop=beamstop)
     ids = np.arange(1, labels.max() + 1)

@@ -88,7 +88,12 @@ def rolling_median_subtract(stack, n_rolling: int) -> np.ndarray:
 
 def residual_noise(stack, n_rolling: int, *, beamstop=None) -> float:
     """Robust standard deviation (1.4826 MAD) of ``stack`` less its rolling median (off ``beamstop``)."""
-    residual = rolling_median_subtract(stack, n_rolling)
+    return robust_noise(rolling_median_subtract(stack, n_rolling), beamstop=beamstop)
+
+
+def robust_noise(residual, *, beamstop=None) -> float:
+    """Robust standard deviation (1.4826 MAD) of an already median-subtracted stack (off ``beamstop``)."""
+    residual = np.asarray(residual)
     if beamstop is not None:
         residual = residual[:, ~np.asarray(beamstop, dtype=bool)]
     median = np.median(residual)
@@ -257,6 +262,7 @@ __all__ = [
     "StandardRoutineParams",
     "log_spot_labels",
     "residual_noise",
+    "robust_noise",
     "rolling_median_subtract",
     "standard_routine",
     "tune_standard_routine",

@@ -6,8 +6,9 @@ them: the first ``frames`` projections are synthesised in-process with the publi
 model (one fixed noise realisation, seeded by ``default_rng([seed, p])`` as in ``synth``) at
 trial gains until the 90th percentile of the integrated SNR of the spots the standard routine
 detects equals that of the measured frames (the bright end: the median would follow the
-number of barely detected spots, which depends on the grain sizes more than on the fluence). Measured frames larger than the projections by an integer factor
-are binned to the simulated pixel size. The result is the ``--spot-gain`` to give ``rayproc
+number of barely detected spots, which depends on the grain sizes more than on the fluence).
+Measured frames larger than the projections by an integer factor are binned to the simulated
+pixel size. The result is the ``--spot-gain`` to give ``rayproc
 labdct synth`` for training and test data that look like the measurement.
 """
 

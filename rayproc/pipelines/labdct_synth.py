@@ -37,8 +37,9 @@ projection),
 using ``Var[x | x0] = tau^2 x0 / 2`` with ``x0 ~ I0 * I_BG`` on background (``R_BG`` is
 within ``1 +- 1/sqrt(I0)`` of ``I0``). Per pixel (``spot_peak_snr``): the spot's peak signal
 ``g max(I_simu - C_BG)`` over the same noise for ``A = 1``, i.e. how far its brightest pixel
-stands above the background noise (a spot with peak SNR < 2 is invisible pixel by pixel). NaN for spots without labelled pixels and in
-``constant`` mode (no noise model); infinite for ``tau = 0``.
+stands above the background noise (a spot with peak SNR < 2 is invisible pixel by pixel).
+NaN for spots without labelled pixels and in ``constant`` mode (no noise model); infinite for
+``tau = 0``.
 """
 
 from __future__ import annotations

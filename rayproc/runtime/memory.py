@@ -3,9 +3,9 @@
 Network inference allocates and frees the same tens of MB of activations per batch. With
 glibc's defaults, blocks above a dynamic threshold are mmap-ed and returned to the kernel on
 free, and the heap top is trimmed, so every batch touches fresh pages: on the 2-core
-development VM a sliding-window run of the BCDI network took about 250,000 minor page faults
-and ran 1.3x slower than with freed memory kept (`benchmarks/inpaint_vs_monai.py
---allocator`). :func:`retain_freed_memory` raises both thresholds with ``mallopt``; blocks
+development VM a sliding-window run of the BCDI network took about 240,000 minor page faults
+and ran 1.4x slower than with freed memory kept (`benchmarks/inpaint_vs_monai.py
+--compare-allocators`). :func:`retain_freed_memory` raises both thresholds with ``mallopt``; blocks
 above ``mmap_threshold`` (whole volumes) are still mapped and returned to the kernel.
 """
 
