@@ -24,7 +24,8 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader, Dataset
 
-from rayproc.bcdi.portion_dataset import EpochSampler, PortionDataset, list_volumes
+from rayproc.bcdi.portion_dataset import PortionDataset, list_volumes
+from rayproc.runtime.epochs import EpochSampler
 from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
 from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
 from rayproc.pipelines.bcdi_train import Precision, read_history, train_bcdi, train_one_epoch

@@ -10,7 +10,8 @@ import torch
 import xarray as xr
 
 from rayproc.bcdi.gaps import gaps_to_mask
-from rayproc.bcdi.portion_dataset import EpochSampler, PortionDataset, VolumeCache, list_volumes
+from rayproc.bcdi.portion_dataset import PortionDataset, VolumeCache, list_volumes
+from rayproc.runtime.epochs import EpochSampler
 from rayproc.cli import main as cli_main
 from rayproc.errors import InputError, RayprocError
 from rayproc.models.artifact import file_sha256, load_model, read_model_info, register_family, save_model

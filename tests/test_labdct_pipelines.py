@@ -16,7 +16,7 @@ from rayproc.labdct.background import parametric_background
 from rayproc.labdct.spots import label_spots, match_spots
 from rayproc.labdct.synthesis import log_segmentation
 from rayproc.pipelines.labdct_background import extract_background_store
-from rayproc.pipelines.labdct_evaluate import SPOT_COLUMNS, evaluate_labdct, truth_snr
+from rayproc.pipelines.labdct_evaluate import SPOT_COLUMNS, evaluate_labdct, mean_snr, truth_snr
 from rayproc.pipelines.labdct_segment import parse_params, segment_labdct
 from rayproc.pipelines.labdct_simulate import simulate_labdct
 from rayproc.pipelines.labdct_calibrate import calibrate_labdct
@@ -229,6 +229,17 @@ def test_segment_dl_stores_probability_and_labels(stores, tmp_path):
     assert labels.max() == 0 or np.bincount(labels.ravel())[1:].min() >= 4  # dl_spot_labels' min_size
 
 
+def test_mean_snr_of_a_flat_spot_is_its_pixel_snr():
+    from rayproc.pipelines.labdct_synth import spot_snr
+
+    area, per_pixel, level = np.array([1, 9, 40, 0]), 3.0, 0.4
+    integrated = spot_snr(per_pixel * area, area, level, tau=1.0, i0=110.0)
+    pixel = spot_snr(per_pixel, 1, level, tau=1.0, i0=110.0)
+    np.testing.assert_allclose(integrated[:3], pixel * np.sqrt(area[:3]))  # integrating A pixels gains sqrt(A)
+    np.testing.assert_allclose(mean_snr(integrated, area)[:3], pixel)  # a flat spot: mean = peak
+    assert np.isnan(mean_snr(integrated, area)[3])
+
+
 def test_truth_snr_takes_the_dominant_simulated_spot():
     truth = np.zeros((1, 6, 6), int)
     truth[0, :2, :3] = 1
@@ -259,11 +270,20 @@ def test_evaluate_writes_tables_and_figures(stores, tmp_path):
     assert sum(snr["count"]) == standard["n_true"] and len(snr["standard"]) == len(snr["edges"]) - 1
     peak = record["recall_by_peak_snr"]
     assert sum(peak["count"]) == standard["n_true"] and len(peak["dl"]) == len(peak["edges"]) - 1
+    mean = record["recall_by_mean_snr"]
+    assert sum(mean["count"]) == standard["n_true"] and len(mean["standard"]) == len(mean["edges"]) - 1
+    for kind in (snr, peak, mean):  # weak spots: the bins below SNR 2, pooled
+        below = [i for i, high in enumerate(kind["edges"][1:]) if high <= 2]
+        assert kind["weak"]["count"] == sum(kind["count"][i] for i in below)
+        if kind["weak"]["count"]:
+            pooled = sum(kind["count"][i] * kind["standard"][i] for i in below if kind["count"][i])
+            assert kind["weak"]["standard"] == pytest.approx(pooled / kind["weak"]["count"])
     assert {"residual_mean", "residual_std", "dl_spots_per_frame", "standard_spots_per_frame"} <= set(record["real"])
     assert len(record["tuning_table"]["f1"]) == 4
     markdown = (tmp_path / "eval" / "metrics.md").read_text()
     assert "| method | precision | recall | F1 | pixel IoU |" in markdown and "| SNR | true spots |" in markdown
-    assert "Recall per peak-SNR bin" in markdown
+    assert "Recall per peak-SNR bin" in markdown and "Recall per mean-SNR bin" in markdown
+    assert "Weak spots (SNR < 2) per SNR definition" in markdown
     for name in ("panels_synthetic.png", "profiles_weak_spots.png", "recall_by_snr.png", "panels_real.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 1000 and name in markdown
     tuned = parse_params(str(tmp_path / "eval" / "standard_params.json"))

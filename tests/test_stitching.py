@@ -12,7 +12,7 @@ from rayproc.errors import InputError
 from rayproc.stitching.chunking import ChunkTask, plan_chunks, predict_chunk
 from rayproc.stitching.inferer import sliding_window_predict
 from rayproc.stitching.merger import ArrayMerger, Merger
-from rayproc.stitching.placement import gap_windows, grid_windows, window_coverage
+from rayproc.stitching.placement import gap_windows, grid_windows, window_coverage, windows_holding
 from rayproc.stitching.weights import importance_map
 
 
@@ -164,6 +164,19 @@ def test_every_missing_voxel_is_covered(name, stride):
     as_tuples = list(map(tuple, origins.tolist()))
     assert as_tuples == sorted(set(as_tuples))
     assert len(origins) <= mask.sum()
+
+
+@pytest.mark.parametrize("shape, patch", [((17,), 4), ((9, 12), (3, 5)), ((7, 8, 9), (4, 3, 2)), ((6, 6), 1)])
+def test_windows_holding_matches_brute_force(shape, patch):
+    rng = np.random.default_rng(len(shape))
+    mask = rng.random(shape) < 0.03
+    origins = grid_windows(shape, patch, 1)
+    sizes = (patch,) * len(shape) if isinstance(patch, int) else patch
+    expected = [mask[tuple(slice(o, o + p) for o, p in zip(origin, sizes))].any() for origin in origins]
+    assert windows_holding(mask, origins, patch).tolist() == expected
+    assert not windows_holding(np.zeros(shape, bool), origins, patch).any()
+    with pytest.raises(InputError, match="bool"):
+        windows_holding(mask.astype(int), origins, patch)
 
 
 def test_stride_reduces_window_count():

@@ -21,12 +21,11 @@ import functools
 from collections.abc import Callable
 
 import numpy as np
-import scipy.ndimage
 
 from rayproc.bcdi.portions import denormalise_portion, normalise_batch
 from rayproc.errors import InputError
 from rayproc.options import look_up_option
-from rayproc.stitching import BLEND_MODES, gap_windows, sliding_window_predict
+from rayproc.stitching import BLEND_MODES, gap_windows, sliding_window_predict, windows_holding
 
 PORTION = 32
 # Default placement: within 0.002 in-gap PCC of the published stride-1 average at >= 50x less compute
@@ -146,11 +145,7 @@ def plan_windows(mask, *, stride: int = DEFAULT_STRIDE, patch: int = PORTION) ->
     if min(mask.shape) < patch:
         raise InputError(f"the volume must be at least {patch} voxels along every axis; got shape {mask.shape}.")
     origins = gap_windows(mask, patch, stride)
-    # known[i] of each axis pass: some measured voxel in [i, i + patch) along the axes done so far
-    known = ~mask
-    for axis in range(mask.ndim):
-        known = scipy.ndimage.maximum_filter1d(known, patch, axis=axis, origin=-(patch // 2))
-    empty = ~known[tuple(origins.T)]
+    empty = ~windows_holding(~mask, origins, patch)
     if empty.any():
         raise InputError(
             f"{int(empty.sum())} portion(s) of {patch}^3 voxels hold no measured voxel (first at "

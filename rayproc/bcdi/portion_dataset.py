@@ -10,7 +10,7 @@ Every item is a pure function of ``(seed, stream, epoch, volume, k)``: the porti
 a volume come from ``default_rng([seed, stream, epoch, volume])`` and the gap of portion ``k``
 from ``default_rng([seed, stream, epoch, volume, k])``, so the items do not depend on how many
 workers read them or in which order. Index ``i + epoch * len(dataset)`` gives item ``i`` of
-that epoch's draw (see :class:`EpochSampler`), so a loader with persistent worker processes
+that epoch's draw (see :class:`rayproc.runtime.epochs.EpochSampler`), so a loader with persistent worker processes
 still draws fresh portions every epoch.
 
 Volumes are read whole, once, into a per-process LRU cache (:class:`VolumeCache`), so after
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from rayproc.bcdi.gaps import GAP_KINDS, GapSpec, gap_mask, random_gap
 from rayproc.bcdi.portions import crop, normalise_portion, portion_origins
@@ -282,16 +282,4 @@ class PortionDataset(Dataset):
         )
 
 
-class EpochSampler(DistributedSampler):
-    """A DistributedSampler whose indices carry the epoch: ``i + epoch * len(dataset)``.
-
-    With :class:`PortionDataset` this draws new portions and gaps every epoch (after
-    ``set_epoch``), even in loader worker processes that persist across epochs.
-    """
-
-    def __iter__(self):
-        offset = self.epoch * len(self.dataset)
-        return (offset + i for i in super().__iter__())
-
-
-__all__ = ["EpochSampler", "PortionDataset", "PortionPlan", "VolumeCache", "VolumeRef", "list_volumes"]
+__all__ = ["PortionDataset", "PortionPlan", "VolumeCache", "VolumeRef", "list_volumes"]

@@ -19,9 +19,13 @@ On a held-out synthesised stack (``rayproc labdct synth``, never used for traini
    then :func:`~rayproc.labdct.denoise.dl_spot_labels`) and the tuned routine are scored:
    spot precision, recall and F1 (one-to-one matches with IoU >= ``iou``, 0.3), recall per
    SNR bin and the pixel IoU of the spot masks with the target.
-4. **SNR of a true spot**: the ``spot_snr`` (``rayproc labdct synth``: integrated intensity over
-   the background Poisson noise under the spot) of the simulated spot covering most of it, and
-   its ``spot_peak_snr`` (brightest pixel over the per-pixel noise; recall per bin of both).
+4. **SNR of a true spot**, three definitions, each that of the simulated spot covering most of
+   it (recall per bin of each, and over SNR < 2 of each): *integrated*, ``spot_snr``
+   (``rayproc labdct synth``: intensity over the background Poisson noise under the spot's
+   ``A`` pixels); *peak*, ``spot_peak_snr`` (brightest noise-free pixel over the per-pixel
+   noise); *mean*, ``spot_snr / sqrt(A)`` (mean signal per spot pixel over the per-pixel
+   noise: the contrast-to-noise ratio of imaging). Mean <= peak, and integrated = mean
+   ``sqrt(A)``: a spot of mean SNR 1.5 over 30 px has integrated SNR 8.
 
 On real frames (``real``, no ground truth): the background residual of the network, i.e.
 the mean, standard deviation and 99th percentile of its spot probability over pixels more
@@ -61,6 +65,8 @@ DEFAULT_GRID = {"background": (2.0, 3.0, 4.0, 6.0, 8.0, 12.0), "sigma": (1.0, 1.
                 "percentage": (10.0, 20.0, 40.0), "min_size": (2, 4, 8)}
 DEFAULT_SNR_BINS = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, np.inf)
 PEAK_SNR_BINS = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0, np.inf)  # peak pixel over per-pixel noise
+MEAN_SNR_BINS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, np.inf)  # mean spot pixel over per-pixel noise
+WEAK_BELOW = 2.0  # "SNR < 2": the weak spots summarised for every definition
 SPOT_COLUMNS = ("precision", "recall", "f1", "pixel_iou", "n_pred", "n_true", "true_positives", "seconds")
 RESIDUAL_MARGIN = 3  # px kept clear of the standard routine's spots in the background residual
 PROFILE_HALF = 12  # half-length (px) of a line profile
@@ -81,11 +87,12 @@ class LabdctEvaluationReport:
     model: dict | None
     files: list[str] = field(default_factory=list)
     recall_by_peak_snr: dict | None = None
+    recall_by_mean_snr: dict | None = None
 
     def to_dict(self) -> dict:
         return {"out": self.out, "tuned": self.tuned, "methods": self.methods, "recall_by_snr": self.recall_by_snr,
-                "recall_by_peak_snr": self.recall_by_peak_snr, "real": self.real, "model": self.model,
-                "files": list(self.files)}
+                "recall_by_peak_snr": self.recall_by_peak_snr, "recall_by_mean_snr": self.recall_by_mean_snr,
+                "real": self.real, "model": self.model, "files": list(self.files)}
 
 
 def tune_relative(stack, truth, grid: Mapping[str, Sequence], *, n_rolling: int = 5, beamstop=None,
@@ -141,11 +148,26 @@ def score(pred_labels, truth_labels, target_mask, *, iou: float) -> tuple[dict, 
 
 
 def _recall_record(founds: Mapping[str, np.ndarray], snr: np.ndarray, bins: Sequence[float]) -> dict:
-    """Bin edges, true spots per bin and each method's recall per bin (None for empty bins)."""
+    """Bin edges, true spots per bin, each method's recall per bin (None for empty bins) and
+    over the weak spots (``weak``: SNR < :data:`WEAK_BELOW`)."""
     count = recall_by_snr(np.zeros(len(snr), bool), snr, bins)["count"]
     recalls = {name: recall_by_snr(found, snr, bins)["recall"] for name, found in founds.items()}
+    weak = np.asarray(snr) < WEAK_BELOW
     return {"edges": [float(e) for e in bins], "count": count.tolist(),
-            **{name: [None if np.isnan(r) else float(r) for r in values] for name, values in recalls.items()}}
+            **{name: [None if np.isnan(r) else float(r) for r in values] for name, values in recalls.items()},
+            "weak": {"below": WEAK_BELOW, "count": int(weak.sum()),
+                     **{name: float(found[weak].mean()) if weak.any() else None for name, found in founds.items()}}}
+
+
+def mean_snr(snr, area) -> np.ndarray:
+    """Mean-pixel SNR of spots from their integrated SNR and labelled area ``A``: ``snr / sqrt(A)``.
+
+    With the integrated SNR ``g I / (tau sqrt(A I0 mean(I_BG) / 2))`` of ``rayproc labdct synth``
+    this is the spot's mean signal per pixel, ``g I / A``, over the per-pixel background noise.
+    """
+    snr, area = np.asarray(snr, np.float64), np.asarray(area, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(area > 0, snr / np.sqrt(area), np.nan)
 
 
 def evaluate_labdct(
@@ -227,6 +249,8 @@ def evaluate_labdct(
     truth = label_spots(target)
     snr_columns = [c for c in ("spot_snr", "spot_peak_snr") if c in ds]  # stores before peak SNR lack it
     snr_table = {name: ds[name].values for name in ("spot_projection", "spot_id", *snr_columns)}
+    if "spot_area_px" in ds:
+        snr_table["spot_mean_snr"] = mean_snr(snr_table["spot_snr"], ds["spot_area_px"].values)
     no_model = model is None and not (default_model_dir(DEFAULT_MODEL_NAME) / "config.json").is_file()
     network, scale, description = (None, None, None) if no_model else load_spot_network(model, device=device)
     label_options = {} if threshold is None else {"threshold": threshold}
@@ -245,14 +269,15 @@ def evaluate_labdct(
     started = time.perf_counter()
     predictions["standard"] = standard_routine(frames[test], best)
     methods["standard"] = {"seconds": time.perf_counter() - started}
-    peak_snr = (truth_snr(truth_test, ds.spot_label.values[test], np.arange(n_tune, n), snr_table,
-                          column="spot_peak_snr") if "spot_peak_snr" in snr_table else None)
+    other_snr = {column: truth_snr(truth_test, ds.spot_label.values[test], np.arange(n_tune, n), snr_table,
+                                   column=column) for column in ("spot_peak_snr", "spot_mean_snr") if column in snr_table}
     founds = {}
     for name, labels in predictions.items():
         scores, founds[name] = score(labels, truth_test, target[test], iou=iou)
         methods[name] = {**scores, "seconds": round(methods[name]["seconds"], 3)}
     snr_record = _recall_record(founds, snr, snr_bins)
-    peak_record = None if peak_snr is None else _recall_record(founds, peak_snr, PEAK_SNR_BINS)
+    peak_record, mean_record = (_recall_record(founds, other_snr[column], bins) if column in other_snr else None
+                                for column, bins in (("spot_peak_snr", PEAK_SNR_BINS), ("spot_mean_snr", MEAN_SNR_BINS)))
     reference = match_spots(truth_test, ds.spot_label.values[test], iou=iou)
     tuned = {"params": best.to_dict(), "background_k": k_best, "tune_projections": n_tune,
              "test_projections": n - n_tune, "grid": {k: list(map(float, v)) for k, v in grid.items()},
@@ -265,7 +290,7 @@ def evaluate_labdct(
                             title="synthetic projection", first=n_tune)]
     figures.append(_plot_profiles(frames[test], extra.get("dl"), predictions, truth_test, snr,
                                   folder / "profiles_weak_spots.png", first=n_tune))
-    figures.append(_plot_recall(snr_record, peak_record, folder / "recall_by_snr.png"))
+    figures.append(_plot_recall(snr_record, peak_record, mean_record, folder / "recall_by_snr.png"))
     real_record = None
     if real is not None:
         real_record, real_figure = _evaluate_real(real, real_beamstop_from, real_frames, best, k_best, n_rolling,
@@ -274,7 +299,7 @@ def evaluate_labdct(
     (folder / PARAMS_JSON).write_text(json.dumps(best.to_dict(), indent=2) + "\n")
     files = [str(folder / f) for f in (METRICS_JSON, METRICS_MD, PARAMS_JSON)] + [str(f) for f in figures]
     report = LabdctEvaluationReport(str(folder), tuned, methods, snr_record, real_record, description, files,
-                                    peak_record)
+                                    peak_record, mean_record)
     settings = {"synth": location.url, "real": real, "real_frames": real_frames, "iou": iou, "n_rolling": n_rolling,
                 "tune_fraction": tune_fraction, "threshold": threshold}
     record = {**report.to_dict(), "settings": settings,
@@ -431,10 +456,11 @@ def _plot_profiles(frames, denoised, predictions, truth, snr, path: Path, *, fir
     return path
 
 
-def _plot_recall(snr_record: dict, peak_record: dict | None, path: Path) -> Path:
+def _plot_recall(snr_record: dict, peak_record: dict | None, mean_record: dict | None, path: Path) -> Path:
     plt = _mpl()
-    records = [(snr_record, "integrated spot SNR")] + ([(peak_record, "peak SNR (per pixel)")] if peak_record else [])
-    figure, axes = plt.subplots(1, len(records), figsize=(6 * len(records), 3.4), constrained_layout=True,
+    records = [(record, label) for record, label in ((snr_record, "integrated spot SNR"),
+               (peak_record, "peak SNR (per pixel)"), (mean_record, "mean SNR (per spot pixel)")) if record]
+    figure, axes = plt.subplots(1, len(records), figsize=(5 * len(records), 3.4), constrained_layout=True,
                                 squeeze=False)
     for ax, (record, xlabel) in zip(axes[0], records):
         edges = record["edges"]
@@ -465,6 +491,25 @@ def _recall_lines(record: dict, names: list[str], title: str) -> list[str]:
     return lines
 
 
+def _weak_lines(report: LabdctEvaluationReport, names: list[str]) -> list[str]:
+    records = [(label, record) for label, record in (("integrated", report.recall_by_snr),
+               ("peak", report.recall_by_peak_snr), ("mean", report.recall_by_mean_snr))
+               if record is not None and "weak" in record]
+    if not records:
+        return []
+    gain = len(names) == 2 and set(names) == {"dl", "standard"}
+    lines = ["", f"Weak spots (SNR < {WEAK_BELOW:g}) per SNR definition:", "",
+             "| SNR definition | true spots | " + " | ".join(f"recall {n}" for n in names) + (" | dl - standard |"
+             if gain else " |"), "|---|---:|" + "---:|" * (len(names) + gain)]
+    for label, record in records:
+        weak = record["weak"]
+        cells = ["-" if weak.get(n) is None else f"{weak[n]:.3f}" for n in names]
+        if gain:
+            cells.append("-" if weak["dl"] is None else f"{weak['dl'] - weak['standard']:+.3f}")
+        lines.append(f"| {label} | {weak['count']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _markdown(report: LabdctEvaluationReport, settings: dict, figures: list[str]) -> str:
     tuned = report.tuned
     model = report.model
@@ -489,11 +534,15 @@ def _markdown(report: LabdctEvaluationReport, settings: dict, figures: list[str]
     lines += _recall_lines(report.recall_by_snr, names, "Recall per integrated-SNR bin")
     if report.recall_by_peak_snr is not None:
         lines += _recall_lines(report.recall_by_peak_snr, names, "Recall per peak-SNR bin")
+    if report.recall_by_mean_snr is not None:
+        lines += _recall_lines(report.recall_by_mean_snr, names, "Recall per mean-SNR bin")
+    lines += _weak_lines(report, names)
     lines += ["", f"Truth: spots of the LoG segmentation of the noise-free projections (`target`); its F1 against "
               f"the simulator's own spot labels is {tuned['target_vs_simulated_f1']:.3f}. A spot is found when matched "
               f"one-to-one with IoU >= {settings['iou']}. Integrated SNR: intensity of the (dominant) simulated spot "
               "over the background Poisson noise under it; peak SNR: its brightest noise-free pixel over the "
-              "per-pixel background noise. Pixel IoU: spot masks against the target mask.", ""]
+              "per-pixel background noise; mean SNR: its mean signal per labelled pixel over the per-pixel "
+              "noise (integrated / sqrt(area)). Pixel IoU: spot masks against the target mask.", ""]
     if report.real is not None:
         r = report.real
         lines += [f"## Real frames: {r['source']} ({r['frames']} frames {tuple(r['shape'])})", "",
@@ -514,5 +563,5 @@ def _markdown(report: LabdctEvaluationReport, settings: dict, figures: list[str]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DEFAULT_GRID", "DEFAULT_SNR_BINS", "PEAK_SNR_BINS", "LabdctEvaluationReport", "evaluate_labdct",
-           "score", "truth_snr", "tune_relative"]
+__all__ = ["DEFAULT_GRID", "DEFAULT_SNR_BINS", "MEAN_SNR_BINS", "PEAK_SNR_BINS", "LabdctEvaluationReport",
+           "evaluate_labdct", "mean_snr", "score", "truth_snr", "tune_relative"]

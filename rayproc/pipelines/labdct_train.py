@@ -160,7 +160,7 @@ class TileDataset(Dataset):
     Item ``index = i + e * len`` uses ``default_rng([seed, stream, e, i])`` to pick a frame
     (uniformly over all frames of ``frame_sets``), a tile origin and one of the 8 flips and
     quarter turns of the square tile, so items do not depend on how many workers read them
-    (see :class:`rayproc.bcdi.portion_dataset.EpochSampler`).
+    (see :class:`rayproc.runtime.epochs.EpochSampler`).
 
     An item is a dict: ``input`` (1, T, T) float32 (normalised, see
     :func:`rayproc.labdct.denoise.normalise_frames`), ``target`` (1, T, T) float32 in {0, 1}.

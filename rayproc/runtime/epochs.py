@@ -20,10 +20,22 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from rayproc.bcdi.portion_dataset import EpochSampler
 from rayproc.runtime.memory import retain_freed_memory
 
 STATE_FILE = "state.pt"
+
+
+class EpochSampler(DistributedSampler):
+    """A DistributedSampler whose indices carry the epoch: ``i + epoch * len(dataset)``.
+
+    A dataset that draws its items from ``(seed, epoch, i)`` (e.g.
+    :class:`rayproc.bcdi.portion_dataset.PortionDataset`) then yields new portions and gaps
+    every epoch (after ``set_epoch``), even in loader worker processes that persist across epochs.
+    """
+
+    def __iter__(self):
+        offset = self.epoch * len(self.dataset)
+        return (offset + i for i in super().__iter__())
 
 
 class Precision:
@@ -157,5 +169,5 @@ def run_epochs(
             raise RuntimeError(f"injected failure after epoch {epoch} (fail_once_after_epoch)")
 
 
-__all__ = ["STATE_FILE", "Precision", "cpu_copy", "rank_and_world", "run_epochs", "start_worker",
+__all__ = ["STATE_FILE", "EpochSampler", "Precision", "cpu_copy", "rank_and_world", "run_epochs", "start_worker",
            "sum_across_workers"]

@@ -8,7 +8,7 @@
 from rayproc.stitching.chunking import ChunkTask, plan_chunks, predict_chunk
 from rayproc.stitching.inferer import sliding_window_predict
 from rayproc.stitching.merger import ArrayMerger, Merger, finalize_moments, update_moments
-from rayproc.stitching.placement import gap_windows, grid_windows, window_coverage
+from rayproc.stitching.placement import gap_windows, grid_windows, window_coverage, windows_holding
 from rayproc.stitching.weights import BLEND_MODES, importance_map
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "sliding_window_predict",
     "update_moments",
     "window_coverage",
+    "windows_holding",
 ]

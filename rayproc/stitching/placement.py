@@ -7,6 +7,9 @@ one patch shape. Two placements:
 * :func:`gap_windows` slides along the missing voxels of a mask (BCDI gap inpainting, after
   Masto et al. [1]_).
 
+:func:`windows_holding` tells which windows hold a voxel of a mask (e.g. keeps the windows of
+a grid that touch a gap, or checks that every window has a measured voxel).
+
 Both are pure functions of their arguments over the *global* array, so every worker of a
 chunked run selects exactly the same windows.
 
@@ -146,6 +149,48 @@ def gap_windows(mask: np.ndarray, patch, stride=1) -> np.ndarray:
     return np.stack(np.unravel_index(flat, origin_space), axis=-1).astype(np.int64)
 
 
+def windows_holding(mask: np.ndarray, origins, patch) -> np.ndarray:
+    """Whether each window holds at least one True voxel of a mask.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (*spatial)
+        The voxels looked for.
+    origins : ndarray of int, shape (K, ndim)
+        Window origins; every window must lie inside the mask.
+    patch : int or sequence of int
+        Window shape.
+
+    Returns
+    -------
+    ndarray of bool, shape (K,)
+
+    Notes
+    -----
+    A running maximum of width ``patch`` per axis (``scipy.ndimage.maximum_filter1d``) gives,
+    at every index, whether the window starting there holds a True voxel: a few passes over
+    the mask instead of one crop per window.
+
+    Examples
+    --------
+    >>> mask = np.zeros(10, bool)
+    >>> mask[6] = True
+    >>> windows_holding(mask, np.array([[0], [2], [4], [6]]), 4).tolist()
+    [False, False, True, True]
+    """
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask)
+    if mask.dtype != bool:
+        raise InputError(f"mask must be a bool array; got dtype {mask.dtype}.")
+    patch = _parse_sizes(patch, mask.ndim, name="patch")
+    origins = _parse_windows(origins, mask.shape, patch)
+    held = mask
+    for axis, p in enumerate(patch):  # held[i]: a True voxel in [i, i + p) along the axes done so far
+        held = ndi.maximum_filter1d(held, p, axis=axis, mode="constant", cval=False, origin=-(p // 2))
+    return held[tuple(origins.T)]
+
+
 def window_coverage(shape: Sequence[int], origins, patch) -> np.ndarray:
     """Number of windows covering each voxel.
 
@@ -263,4 +308,4 @@ def _parse_windows(origins, shape, patch, *, region_origin=None) -> np.ndarray:
     return origins
 
 
-__all__ = ["grid_windows", "gap_windows", "window_coverage"]
+__all__ = ["grid_windows", "gap_windows", "window_coverage", "windows_holding"]
