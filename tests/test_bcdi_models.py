@@ -136,6 +136,28 @@ def test_line_fill_matches_the_linear_baseline_across_plane_gaps():
     cross[..., 5:8, :] = 1
     crossed = line_fill(x * (1 - cross), 1 - cross)
     assert torch.equal(crossed[cross == 0], x[cross == 0]) and torch.isfinite(crossed).all()
+    slab = torch.from_numpy(rng.random((1, 1, 12, 5, 20)))  # anisotropic, odd sizes
+    gap = torch.zeros_like(slab)
+    gap[..., 7:10] = 1
+    gap[..., 0, 2, :] = 1  # a line meeting the plane: no bounded run there, pull-push
+    expected = interpolate_gaps(slab[0, 0].numpy(), gap[0, 0, :, :, :].numpy() > 0, "linear")
+    filled = line_fill(slab * (1 - gap), 1 - gap)[0, 0].numpy()
+    plane_only = (gap[0, 0].numpy() > 0) & (np.arange(5)[None, :, None] != 2)
+    np.testing.assert_allclose(filled[plane_only], expected[plane_only], atol=1e-12)
+    assert np.isfinite(filled).all()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_running_extremum_equals_cumulative_scan(reverse):
+    from rayproc.models.bcdi_unet import _running
+
+    values = torch.from_numpy(np.random.default_rng(4).integers(-5, 50, (3, 2, 7, 33, 4))).to(torch.int32)
+    for axis in range(values.dim()):
+        flip = (lambda a: a.flip(axis)) if reverse else (lambda a: a)
+        expected = flip(flip(values).cummax(axis).values)
+        assert torch.equal(_running(values, axis, torch.maximum, reverse=reverse), expected)
+        expected = flip(flip(values).cummin(axis).values)
+        assert torch.equal(_running(values, axis, torch.minimum, reverse=reverse), expected)
 
 
 def test_pull_push_fill_keeps_known_values_and_blends_them_into_gaps():

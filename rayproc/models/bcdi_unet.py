@@ -214,13 +214,31 @@ def pull_push_fill(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     mode = "trilinear" if x.dim() == 5 else "bilinear"
     sums, weights = [x * known], [known]
     while max(sums[-1].shape[2:]) > 1:
-        sums.append(pool(sums[-1], 2, ceil_mode=True))
-        weights.append(pool(weights[-1], 2, ceil_mode=True))
+        kernel = [2 if n > 1 else 1 for n in sums[-1].shape[2:]]  # axes already at 1 voxel stay
+        sums.append(pool(sums[-1], kernel, ceil_mode=True))
+        weights.append(pool(weights[-1], kernel, ceil_mode=True))
     fill = sums[-1] / weights[-1].clamp_min(1e-12)
     for total, weight in zip(reversed(sums[:-1]), reversed(weights[:-1])):
         coarse = F.interpolate(fill, size=total.shape[2:], mode=mode, align_corners=False)
         fill = total + (1 - weight) * coarse
     return fill
+
+
+def _running(a: torch.Tensor, axis: int, op, *, reverse: bool = False) -> torch.Tensor:
+    """Inclusive running ``op`` (``torch.maximum`` or ``torch.minimum``) along ``axis``.
+
+    Doubling scan: ``ceil(log2 n)`` whole-tensor steps, each combining every element with
+    the one ``2^k`` before it (after it with ``reverse``). On CPU this is several times faster
+    than ``torch.cummax``, which also tracks indices and walks the axis element by element.
+    """
+    n, shift = a.shape[axis], 1
+    while shift < n:
+        out = a.clone()
+        early, late = a.narrow(axis, 0, n - shift), a.narrow(axis, shift, n - shift)
+        target = out.narrow(axis, 0, n - shift) if reverse else out.narrow(axis, shift, n - shift)
+        op(early, late, out=target)
+        a, shift = out, 2 * shift
+    return a
 
 
 def line_fill(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -258,14 +276,13 @@ def line_fill(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         n = x.shape[axis]
         shape = [1] * x.dim()
         shape[axis] = n
-        index = torch.arange(n, device=x.device).view(shape).expand_as(x)
-        before = torch.where(is_known, index, -1).cummax(axis).values  # last known index <= i
-        flipped = torch.where(is_known.flip(axis), index, -1).cummax(axis).values.flip(axis)
-        after = torch.where(flipped >= 0, n - 1 - flipped, n)  # first known index >= i
+        index = torch.arange(n, device=x.device, dtype=torch.int32).view(shape)
+        before = _running(torch.where(is_known, index, -1), axis, torch.maximum)  # last known index <= i
+        after = _running(torch.where(is_known, index, n), axis, torch.minimum, reverse=True)  # first known >= i
         length = (after - before).to(x.dtype)
         bounded = ~is_known & (before >= 0) & (after < n) & (length < best_length)
-        left = x.gather(axis, before.clamp(min=0))
-        right = x.gather(axis, after.clamp(max=n - 1))
+        left = x.gather(axis, before.clamp(min=0).long())
+        right = x.gather(axis, after.clamp(max=n - 1).long())
         line = left + (index - before).to(x.dtype) / length.clamp_min(1) * (right - left)
         value = torch.where(bounded, line, value)
         best_length = torch.where(bounded, length, best_length)
