@@ -290,6 +290,17 @@ def test_evaluate_writes_tables_and_figures(stores, tmp_path):
     assert tuned.background == pytest.approx(report.tuned["params"]["background"])
 
 
+def test_evaluate_command_prints_scores_and_weak_spot_recall(stores, tmp_path, capsys):
+    grid = '{"background": [4.0], "sigma": [1.5], "percentage": [20.0], "min_size": [4]}'
+    code = cli_main(["labdct", "evaluate", str(stores / "synth.zarr"), "--out", str(tmp_path / "e"), "--grid", grid])
+    out = capsys.readouterr().out
+    assert code == 0 and "dl       precision" in out and "standard precision" in out
+    record = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    for label, key in (("integrated", "recall_by_snr"), ("peak", "recall_by_peak_snr"), ("mean", "recall_by_mean_snr")):
+        weak = record[key]["weak"]
+        assert (f"recall at {label} SNR < 2 ({weak['count']} spots)" in out) == (weak["count"] > 0)
+
+
 @pytest.mark.parametrize("args, expected", [
     (["synth", "{sim}", "{bg}", "{out}", "--mode", "gaussian"], "poisson"),
     (["synth", "{sim}", "{sim}", "{out}"], "no 'background' variable"),
