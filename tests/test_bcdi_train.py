@@ -150,6 +150,16 @@ def test_in_process_training_loss_falls_and_resumes(sim_store, tmp_path):
         train_bcdi([sim_store], str(out), workers=0, epochs=4, portions_per_volume=16, **TINY)
 
 
+def test_learning_rate_defaults_to_the_architecture(sim_store, tmp_path, monkeypatch):
+    import rayproc.pipelines.bcdi_train as bcdi_train
+
+    seen = []
+    monkeypatch.setattr(bcdi_train, "_run", lambda spec, **_: seen.append((spec.arch["arch"], spec.lr)))
+    for arch, lr in (("gapnet", None), ("masto2024", None), ("masto2024", 3e-4)):
+        train_bcdi([sim_store], str(tmp_path / arch), arch=arch, lr=lr, workers=0, progress=False)
+    assert seen == [("gapnet", 1e-3), ("masto2024", 1e-4), ("masto2024", 3e-4)]
+
+
 def test_train_command_in_process(sim_store, tmp_path, capsys):
     out = tmp_path / "cli-model"
     args = ["bcdi", "train", sim_store, "--out", str(out), "--workers", "0", "--epochs", "1", "--base-channels", "4",

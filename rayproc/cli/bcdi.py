@@ -69,7 +69,8 @@ def train(
     patch_size: Annotated[int, typer.Option("--patch-size", help="Portion edge in voxels.")] = 32,
     portions_per_volume: Annotated[int, typer.Option("--portions-per-volume", "-k", min=1, help="Portions drawn per volume per epoch.")] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Portions per step per worker.")] = 16,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (halved when validation stalls).")] = 1e-3,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate, halved when validation stalls "
+                                                "(default: 1e-3 for gapnet, 1e-4 for masto2024).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Master seed of portions, gaps and initial weights.")] = 0,
     cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", help="Ray CPUs (and torch threads) per worker.")] = 1.0,
     loader_workers: Annotated[int, typer.Option("--loader-workers", min=0, help="DataLoader processes per worker (2-4 with --gpu).")] = 0,
