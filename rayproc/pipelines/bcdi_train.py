@@ -1,12 +1,15 @@
 """``rayproc bcdi train`` / ``finetune``: train the BCDI gap-inpainting network with Ray Train.
 
 * :func:`train_loop` is plain torch for one data-parallel worker, driven by a config dict
-  (:class:`TrainSpec`). Ray appears only in :class:`_RayTrain` (prepare_model,
-  prepare_data_loader, report with a Checkpoint, get_checkpoint); outside Ray Train
-  :class:`_InProcess` stands in for it, so the same function runs in one process.
-* :func:`train_bcdi` and :func:`finetune_bcdi` build the spec, run it on ``workers``
-  TorchTrainer workers (or in this process with ``workers=0``), then export the best epoch
-  as a model directory (:mod:`rayproc.models.artifact`).
+  (:class:`TrainSpec`). Ray appears only in
+  :class:`~rayproc.runtime.training.RayTrainSession` (prepare_model, prepare_data_loader,
+  report with a Checkpoint, get_checkpoint); outside Ray Train
+  :class:`~rayproc.runtime.training.InProcessSession` stands in for it, so the same function
+  runs in one process.
+* :func:`train_bcdi` and :func:`finetune_bcdi` build the spec and hand it to
+  :func:`rayproc.runtime.training.run_training`: ``workers`` TorchTrainer workers (or this
+  process with ``workers=0``), then the best epoch exported as a model directory
+  (:mod:`rayproc.models.artifact`).
 
 Training follows Masto et al. [1]_: portions cut preferably away from the Bragg peak, an
 artificial line or cross gap of width 3, 6, 9 or 12 voxels per portion, log-scaled and
@@ -26,14 +29,10 @@ References
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import math
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,14 +43,15 @@ from rayproc.bcdi.gaps import GAP_KINDS, gaps_to_mask
 from rayproc.bcdi.metrics import gap_pcc
 from rayproc.bcdi.portion_dataset import PortionDataset, VolumeCache, VolumeRef, list_volumes
 from rayproc.bcdi.portions import NormStats, denormalise_portion
-from rayproc.errors import InputError, RayprocError
-from rayproc.models.artifact import load_model, save_model
+from rayproc.errors import InputError
+from rayproc.models.artifact import load_model
 from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
 from rayproc.models.losses import inpainting_loss
-from rayproc.runtime import ray_session
-from rayproc.runtime.epochs import STATE_FILE, Precision, run_epochs, start_worker, sum_across_workers
-from rayproc.runtime.training import LOSS_CURVE, METRICS_LOG, fit, plot_curves, read_history, write_epoch
-from rayproc.storage import Location, command_line, filesystem, provenance, redacted, resolve, with_retries
+from rayproc.runtime.epochs import Precision, run_epochs, start_worker, sum_across_workers
+from rayproc.runtime.training import (
+    InProcessSession, RayTrainSession, TrainReport, export_best, latest_checkpoint, plot_curves, read_history, run_name,
+    run_training, write_epoch,
+)
 
 GAP_WIDTHS = (3, 6, 9, 12)
 NORMALISATION = {
@@ -59,17 +59,9 @@ NORMALISATION = {
     "scale": "per portion: (log1p(I) - lo) / (hi - lo), lo and hi over the measured voxels",
     "gap_input": "zero",
 }
-RUN_FILE = "rayproc_run.json"
 # Adam learning rate per architecture: masto2024 (sigmoid output, no prior) collapses to an
 # all-zero gap within ~10 steps at 1e-3 on the simulated set; at 1e-4 it learns.
 DEFAULT_LR = {"gapnet": 1e-3, "masto2024": 1e-4}
-# Spec fields a rerun may change and still resume the same run.
-_RESUMABLE_CHANGES = (
-    "epochs", "progress", "gpu", "cpus_per_worker", "loader_workers", "ray_train", "checkpoints",
-    "fail_once_after_epoch", "storage_options",
-)
-
-
 @dataclass(frozen=True)
 class TrainSpec:
     """Everything one training worker needs; travels to Ray workers as a dict.
@@ -220,7 +212,7 @@ def train_loop(config: dict) -> None:
     Resumes from the latest checkpoint when there is one (:func:`rayproc.runtime.epochs.run_epochs`).
     """
     spec = TrainSpec.from_dict(config)
-    session = _RayTrain() if spec.ray_train else _InProcess(spec)
+    session = RayTrainSession() if spec.ray_train else InProcessSession(spec, record_epoch, unit="portion")
     start_worker(spec)
     model = build_bcdi_net(spec.arch)
     if spec.init_model:
@@ -237,129 +229,9 @@ def _summary(row: dict, epochs: int) -> str:
             f"in-gap PCC {widths}, {row['portions_per_second']:.1f} portions/s")
 
 
-class _InProcess:
-    """Stands in for Ray Train when the loop runs in this process alone (``workers=0``)."""
-
-    def __init__(self, spec: TrainSpec):
-        self.spec = spec
-        self.location = resolve(spec.checkpoints, spec.storage_options) if spec.checkpoints else None
-
-    def device(self, gpu: bool) -> torch.device:
-        if gpu and not torch.cuda.is_available():
-            raise InputError("--gpu was given but torch sees no CUDA device.")
-        return torch.device("cuda" if gpu else "cpu")
-
-    def prepare_model(self, model):
-        return model
-
-    def prepare_data_loader(self, loader):
-        return loader
-
-    @contextlib.contextmanager
-    def checkpoint(self):
-        with local_checkpoint(latest_checkpoint(self.location) if self.location else None) as folder:
-            yield folder
-
-    def report(self, metrics: dict, folder: str | None) -> None:
-        if folder is not None and self.location is not None:
-            save_checkpoint(self.location, folder, metrics["epoch"])
-        record_epoch(self.spec.out, metrics)
-
-    def progress(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, unit="portion", leave=False)
-
-
-class _RayTrain:
-    """Inside a Ray Train worker: the only lines of the training loop that touch Ray."""
-
-    def device(self, gpu: bool) -> torch.device:
-        import ray.train.torch
-
-        return ray.train.torch.get_device()
-
-    def prepare_model(self, model):
-        import ray.train.torch
-
-        return ray.train.torch.prepare_model(model)  # to the device, DDP when world > 1
-
-    def prepare_data_loader(self, loader):
-        import ray.train.torch
-
-        return ray.train.torch.prepare_data_loader(loader)  # keeps our DistributedSampler
-
-    @contextlib.contextmanager
-    def checkpoint(self):
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()  # latest one of this run (after a restart or a rerun)
-        if checkpoint is None:
-            yield None
-        else:
-            with checkpoint.as_directory() as folder:
-                yield folder
-
-    def report(self, metrics: dict, folder: str | None) -> None:
-        import ray.train
-
-        ray.train.report(metrics, checkpoint=None if folder is None else ray.train.Checkpoint.from_directory(folder))
-
-    def progress(self, total: int, desc: str):
-        from ray.experimental.tqdm_ray import tqdm
-
-        return tqdm(total=total, desc=desc)
-
-
 # ---------------------------------------------------------------------------------------------
-# Checkpoints of in-process runs, logs
+# Logs
 # ---------------------------------------------------------------------------------------------
-
-_CHECKPOINT_NAME = re.compile(r"checkpoint_(\d{6})$")
-
-
-def save_checkpoint(location: Location, folder: str, epoch: int, *, keep: int = 2) -> None:
-    """Copy ``folder`` to ``location/checkpoint_<epoch>`` (via a temporary name); keep the newest."""
-    fs, root = filesystem(location)
-    final, partial = f"{root}/checkpoint_{epoch:06d}", f"{root}/.partial_{epoch:06d}"
-    with_retries(lambda: fs.put(str(folder).rstrip("/") + "/", partial + "/", recursive=True))
-    if with_retries(lambda: fs.exists(final)):
-        with_retries(lambda: fs.rm(final, recursive=True))
-    with_retries(lambda: fs.mv(partial, final, recursive=True))
-    for old in _checkpoints(location)[:-keep]:
-        with_retries(lambda: fs.rm(old, recursive=True))
-
-
-def _checkpoints(location: Location) -> list[str]:
-    fs, root = filesystem(location)
-    fs.invalidate_cache()
-    if not with_retries(lambda: fs.exists(root)):
-        return []
-    paths = with_retries(lambda: fs.ls(root, detail=False))
-    return sorted(p.rstrip("/") for p in paths if _CHECKPOINT_NAME.search(p.rstrip("/")))
-
-
-def latest_checkpoint(location: Location) -> Location | None:
-    """The newest ``checkpoint_<epoch>`` of an in-process run, or None."""
-    found = _checkpoints(location)
-    if not found:
-        return None
-    return location.child(found[-1].rsplit("/", 1)[-1])
-
-
-@contextlib.contextmanager
-def local_checkpoint(location: Location | None):
-    """A local folder holding the checkpoint at ``location`` (downloaded if remote), or None."""
-    if location is None:
-        yield None
-    elif not location.is_remote:
-        yield location.url
-    else:
-        fs, path = filesystem(location)
-        with tempfile.TemporaryDirectory() as folder:
-            with_retries(lambda: fs.get(path.rstrip("/") + "/", folder + "/", recursive=True))
-            yield folder
-
 
 def record_epoch(out: str | Path, row: dict) -> None:
     """Add an epoch's metrics to ``metrics.jsonl`` (replacing any rows from it on) and redraw the curves."""
@@ -376,24 +248,6 @@ def plot_history(rows: list[dict], path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Drivers
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainReport:
-    out: str
-    epochs: int
-    best_epoch: int
-    best: dict
-    resumed: bool
-    checkpoints: str
-    history: list = field(default_factory=list)
-
-
-def run_name(out: str | Path) -> str:
-    """Ray Train run name of a model directory: readable and unique per absolute path."""
-    out = Path(out).resolve()
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", out.name)[:40] or "model"
-    return f"rayproc-{slug}-{hashlib.sha1(str(out).encode()).hexdigest()[:8]}"
 
 
 def split_volumes(volumes: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -424,98 +278,20 @@ def _check_spec(spec: TrainSpec) -> None:
         raise InputError("; ".join(problems) + ".")
 
 
-def _claim_run(run: Location, spec: TrainSpec, in_process: bool) -> bool:
-    """Record what the run at ``run`` trains; True if it exists already with the same parameters."""
-    fs, path = filesystem(run)
-    record = {k: v for k, v in spec.to_dict().items() if k not in _RESUMABLE_CHANGES}
-    record["in_process"] = in_process
-    file = f"{path.rstrip('/')}/{RUN_FILE}"
-    if with_retries(lambda: fs.exists(file)):
-        old = json.loads(with_retries(lambda: fs.cat_file(file)))
-        if old != record:
-            changed = sorted(k for k in {*old, *record} if old.get(k) != record.get(k))
-            raise RayprocError(
-                f"{run.url} holds a run with other parameters ({', '.join(changed)} differ); "
-                "rerun with the same ones to resume, or choose another --out or --storage."
-            )
-        return True
-    if not run.is_remote:
-        fs.makedirs(path, exist_ok=True)
-    with_retries(lambda: fs.pipe_file(file, json.dumps(record, indent=2).encode()))
-    return False
-
-
 def _run(spec: TrainSpec, *, workers: int, storage: str | None, max_failures: int, address: str | None,
          cpus: int | None, command: str | None, stage: dict) -> TrainReport:
     """Train ``spec`` (resuming its run if any) and export the best epoch to ``spec.out``."""
     _check_spec(spec)
-    if workers < 0:
-        raise InputError(f"--workers must be >= 0; got {workers}.")
-    root = resolve(storage or str(Path(spec.out) / "checkpoints"), spec.storage_options)
-    run = root.child(run_name(spec.out))
-    if workers == 0:
-        resumed = _start_run(run, spec, in_process=True)
-        train_loop(dataclasses.replace(spec, checkpoints=run.url).to_dict())
-        with local_checkpoint(latest_checkpoint(run)) as folder:
-            return _export(spec, folder, command, stage, resumed, run.url)
-    with ray_session(address, cpus=cpus, workers=math.ceil(workers * spec.cpus_per_worker), dashboard=True):
-        _check_resources(spec, workers)
-        resumed = _start_run(run, spec, in_process=False)
-        result = _fit(spec, workers, run, root, max_failures)
-        with result.checkpoint.as_directory() as folder:
-            return _export(spec, folder, command, stage, resumed, run.url)
+    return run_training(spec, train_loop, record=functools.partial(record_epoch, spec.out),
+                        export=functools.partial(_export, spec, command=command, stage=stage), workers=workers,
+                        storage=storage, max_failures=max_failures, address=address, cpus=cpus)
 
 
-def _start_run(run: Location, spec: TrainSpec, *, in_process: bool) -> bool:
-    """Claim the run (True: resuming it); a new run starts with fresh logs."""
-    resumed = _claim_run(run, spec, in_process)
-    if not resumed:
-        for name in (METRICS_LOG, LOSS_CURVE):
-            (Path(spec.out) / name).unlink(missing_ok=True)
-    return resumed
-
-
-def _worker_resources(spec: TrainSpec) -> dict:
-    return {"CPU": spec.cpus_per_worker, **({"GPU": 1} if spec.gpu else {})}
-
-
-def _check_resources(spec: TrainSpec, workers: int) -> None:
-    """Refuse a worker group the Ray cluster cannot hold (Ray would wait for it forever)."""
-    import ray
-
-    available = ray.cluster_resources()
-    short = {k: v * workers for k, v in _worker_resources(spec).items() if v * workers > available.get(k, 0)}
-    if short:
-        have = {k: available.get(k, 0) for k in short}
-        raise RayprocError(f"{workers} training worker(s) need {short} but the Ray cluster has {have}; "
-                           "use fewer --workers or another cluster.")
-
-
-def _fit(spec: TrainSpec, workers: int, run: Location, root: Location, max_failures: int):
-    return fit(train_loop, dataclasses.replace(spec, ray_train=True).to_dict(), name=run_name(spec.out),
-               workers=workers, gpu=spec.gpu, resources_per_worker=_worker_resources(spec), root=root,
-               max_failures=max_failures, record=functools.partial(record_epoch, spec.out))
-
-
-def _export(spec: TrainSpec, folder: str | None, command: str | None, stage: dict, resumed: bool,
-            checkpoints: str) -> TrainReport:
-    """Write the best epoch of the checkpoint in ``folder`` as the model directory ``spec.out``."""
-    if folder is None:
-        raise RayprocError(f"no checkpoint found in {checkpoints}.")
-    saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    history = list(saved["history"])
-    best = min(history, key=lambda r: r["val_loss"])
-    model = build_bcdi_net(spec.arch)
-    model.load_state_dict(saved["best_model"])
-    parameters = {k: v for k, v in spec.to_dict().items()
-                  if k not in ("ray_train", "checkpoints", "progress", "fail_once_after_epoch")}
-    prov = {**provenance(command or command_line(), redacted(parameters), seed=spec.seed), **stage,
-            "checkpoints": checkpoints}
-    metrics = {"best_epoch": best["epoch"], "epochs": len(history), "best": best, "final": history[-1]}
-    save_model(spec.out, model, BcdiNetConfig.from_dict(spec.arch), family="bcdi", metrics=metrics,
-               provenance=prov, normalisation=NORMALISATION, gap_widths=spec.gap_widths,
-               patch_size=spec.patch_size)
-    return TrainReport(spec.out, len(history), best["epoch"], best, resumed, checkpoints, history)
+def _export(spec: TrainSpec, folder: str | None, resumed: bool, checkpoints: str, *, command: str | None,
+            stage: dict) -> TrainReport:
+    return export_best(spec, folder, checkpoints, resumed, model=build_bcdi_net(spec.arch),
+                       config=BcdiNetConfig.from_dict(spec.arch), family="bcdi", command=command, stage=stage,
+                       normalisation=NORMALISATION, gap_widths=spec.gap_widths, patch_size=spec.patch_size)
 
 
 def train_bcdi(

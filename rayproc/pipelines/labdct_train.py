@@ -1,13 +1,13 @@
 """``rayproc labdct train``: train the LabDCT spot-denoising network with Ray Train.
 
-The same shell as :mod:`rayproc.pipelines.bcdi_train` (whose generic pieces are imported:
-the Ray Train session, checkpoints, run claiming and resuming) and the same epoch loop
+The same shell as :mod:`rayproc.pipelines.bcdi_train` (:mod:`rayproc.runtime.training`: the
+driver, sessions, checkpoints, run claiming and resuming) and the same epoch loop
 (:func:`rayproc.runtime.epochs.run_epochs`):
 
 * :func:`train_loop` is plain torch for one data-parallel worker, driven by a config dict
   (:class:`LabdctTrainSpec`): the model, the tile datasets and the loss/metric steps handed to
-  ``run_epochs``. Ray appears only in the imported ``_RayTrain`` session; in one process
-  :class:`_InProcess` stands in for it (``workers=0``).
+  ``run_epochs``. Ray appears only in :class:`~rayproc.runtime.training.RayTrainSession`; in
+  one process :class:`~rayproc.runtime.training.InProcessSession` stands in for it (``workers=0``).
 * :func:`train_labdct` builds the spec, runs it on ``workers`` TorchTrainer workers (gloo on
   CPU, NCCL with ``gpu``), checkpoints every epoch to ``storage`` (local or ``s3://``),
   restarts failed workers from the last checkpoint (``FailureConfig``), resumes a rerun of
@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,20 +43,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rayproc.errors import InputError, RayprocError
+from rayproc.errors import InputError
 from rayproc.labdct.denoise import DEFAULT_SCALE, FAMILY, dl_spot_labels, normalise_frames
 from rayproc.labdct.spots import label_spots, match_spots
-from rayproc.models.artifact import save_model
 from rayproc.models.labdct_unet import LabdctNetConfig, build_labdct_net, feature_loss, load_feature_net
-from rayproc.pipelines.bcdi_train import (
-    TrainReport, _check_resources, _InProcess as _BcdiInProcess, _RayTrain, _start_run, _worker_resources,
-    latest_checkpoint, local_checkpoint,
-    run_name, save_checkpoint,
+from rayproc.runtime.epochs import Precision, run_epochs, start_worker, sum_across_workers
+from rayproc.runtime.training import (
+    InProcessSession, RayTrainSession, TrainReport, export_best, plot_curves, run_training, write_epoch,
 )
-from rayproc.runtime import ray_session
-from rayproc.runtime.epochs import STATE_FILE, Precision, run_epochs, start_worker, sum_across_workers
-from rayproc.runtime.training import fit, plot_curves, write_epoch
-from rayproc.storage import Location, command_line, open_dataset, provenance, redacted, resolve, with_retries
+from rayproc.storage import Location, open_dataset, resolve, with_retries
 
 DEFAULT_TILE = 128
 NORMALISATION = {
@@ -312,7 +306,7 @@ def train_loop(config: dict) -> None:
     (:func:`rayproc.runtime.epochs.run_epochs`).
     """
     spec = LabdctTrainSpec.from_dict(config)
-    session = _RayTrain() if spec.ray_train else _InProcess(spec)
+    session = RayTrainSession() if spec.ray_train else InProcessSession(spec, record_epoch, unit="tile")
     start_worker(spec)
     model = build_labdct_net(spec.arch)
     device = session.device(spec.gpu)
@@ -327,20 +321,6 @@ def train_loop(config: dict) -> None:
 def _summary(row: dict, epochs: int) -> str:
     return (f"epoch {row['epoch'] + 1}/{epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
             f"val spot F1 {row['val_f1']:.3f}, IoU {row['val_iou']:.3f}, {row['tiles_per_second']:.1f} tiles/s")
-
-
-class _InProcess(_BcdiInProcess):
-    """The in-process session of :mod:`~rayproc.pipelines.bcdi_train`, logging LabDCT curves."""
-
-    def report(self, metrics: dict, folder: str | None) -> None:
-        if folder is not None and self.location is not None:
-            save_checkpoint(self.location, folder, metrics["epoch"])
-        record_epoch(self.spec.out, metrics)
-
-    def progress(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, unit="tile", leave=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,30 +362,12 @@ def _check_spec(spec: LabdctTrainSpec) -> None:
     datasets_for(spec)  # frames smaller than a tile? (reads nothing)
 
 
-def _fit(spec: LabdctTrainSpec, workers: int, run: Location, root: Location, max_failures: int):
-    return fit(train_loop, dataclasses.replace(spec, ray_train=True).to_dict(), name=run_name(spec.out),
-               workers=workers, gpu=spec.gpu, resources_per_worker=_worker_resources(spec), root=root,
-               max_failures=max_failures, record=functools.partial(record_epoch, spec.out))
-
-
-def _export(spec: LabdctTrainSpec, folder: str | None, command: str | None, resumed: bool,
-            checkpoints: str) -> TrainReport:
-    """Write the best epoch of the checkpoint in ``folder`` as the model directory ``spec.out``."""
-    if folder is None:
-        raise RayprocError(f"no checkpoint found in {checkpoints}.")
-    saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    history = list(saved["history"])
-    best = min(history, key=lambda r: r["val_loss"])
-    model = build_labdct_net(spec.arch)
-    model.load_state_dict(saved["best_model"])
-    parameters = {k: v for k, v in spec.to_dict().items()
-                  if k not in ("ray_train", "checkpoints", "progress", "fail_once_after_epoch")}
-    prov = {**provenance(command or command_line(), redacted(parameters), seed=spec.seed), "stage": "trained",
-            "checkpoints": checkpoints}
-    metrics = {"best_epoch": best["epoch"], "epochs": len(history), "best": best, "final": history[-1]}
-    save_model(spec.out, model, LabdctNetConfig.from_dict(spec.arch), family=FAMILY, metrics=metrics,
-               provenance=prov, normalisation={**NORMALISATION, "scale": spec.scale}, patch_size=spec.tile)
-    return TrainReport(spec.out, len(history), best["epoch"], best, resumed, checkpoints, history)
+def _export(spec: LabdctTrainSpec, folder: str | None, resumed: bool, checkpoints: str, *,
+            command: str | None) -> TrainReport:
+    return export_best(spec, folder, checkpoints, resumed, model=build_labdct_net(spec.arch),
+                       config=LabdctNetConfig.from_dict(spec.arch), family=FAMILY, command=command,
+                       stage={"stage": "trained"}, normalisation={**NORMALISATION, "scale": spec.scale},
+                       patch_size=spec.tile)
 
 
 def train_labdct(
@@ -504,21 +466,9 @@ def train_labdct(
         storage_options=storage_options, progress=progress, fail_once_after_epoch=fail_once_after_epoch,
     )
     _check_spec(spec)
-    if workers < 0:
-        raise InputError(f"--workers must be >= 0; got {workers}.")
-    root = resolve(storage or str(Path(spec.out) / "checkpoints"), spec.storage_options)
-    run = root.child(run_name(spec.out))
-    if workers == 0:
-        resumed = _start_run(run, spec, in_process=True)
-        train_loop(dataclasses.replace(spec, checkpoints=run.url).to_dict())
-        with local_checkpoint(latest_checkpoint(run)) as folder:
-            return _export(spec, folder, command, resumed, run.url)
-    with ray_session(address, cpus=cpus, workers=math.ceil(workers * spec.cpus_per_worker), dashboard=True):
-        _check_resources(spec, workers)
-        resumed = _start_run(run, spec, in_process=False)
-        result = _fit(spec, workers, run, root, max_failures)
-        with result.checkpoint.as_directory() as folder:
-            return _export(spec, folder, command, resumed, run.url)
+    return run_training(spec, train_loop, record=functools.partial(record_epoch, spec.out),
+                        export=functools.partial(_export, spec, command=command), workers=workers, storage=storage,
+                        max_failures=max_failures, address=address, cpus=cpus)
 
 
 __all__ = [

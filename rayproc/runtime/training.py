@@ -1,23 +1,302 @@
-"""Ray Train shell shared by the training pipelines: epoch logs, checkpoint storage, the fit call.
+"""Ray Train shell shared by the training pipelines: the driver, sessions, checkpoints, epoch logs.
 
-The pipelines (``rayproc.pipelines.bcdi_train``, ``labdct_train``) own their data, model and
-loss/metric steps (a plain ``train_loop(config)`` around :func:`rayproc.runtime.epochs.run_epochs`,
-the epoch loop they share); this module runs such a loop on Ray Train's
-``TorchTrainer`` (gloo on CPU, NCCL on GPU), restarts failed workers from the last checkpoint,
-and writes each epoch's metrics row as JSON lines plus a curve PNG next to the model.
+The pipelines (``rayproc.pipelines.bcdi_train``, ``labdct_train``) own their spec, data, model
+and loss/metric steps (a plain ``train_loop(config)`` around
+:func:`rayproc.runtime.epochs.run_epochs`, the epoch loop they share). This module runs such a
+loop (:func:`run_training`): in this process (``workers=0``; :class:`InProcessSession` copies
+checkpoints to the storage) or on Ray Train's ``TorchTrainer`` (gloo on CPU, NCCL on GPU;
+:class:`RayTrainSession` inside the workers), restarts failed workers from the last checkpoint,
+resumes a rerun of the same run (:func:`claim_run`), writes each epoch's metrics row as JSON
+lines plus a curve PNG next to the model, and exports the best epoch (:func:`export_best`).
+
+A spec is a frozen dataclass with ``out``, ``seed``, ``gpu``, ``cpus_per_worker``,
+``storage_options``, ``checkpoints``, ``ray_train`` and ``to_dict()``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
+import math
+import re
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from rayproc.errors import RayprocError
-from rayproc.storage import Location, filesystem
+from rayproc.errors import InputError, RayprocError
+from rayproc.storage import Location, command_line, filesystem, provenance, redacted, resolve, with_retries
 
 METRICS_LOG = "metrics.jsonl"
 LOSS_CURVE = "loss_curve.png"
+RUN_FILE = "rayproc_run.json"
+# Spec fields a rerun may change and still resume the same run.
+RESUMABLE_CHANGES = (
+    "epochs", "progress", "gpu", "cpus_per_worker", "loader_workers", "ray_train", "checkpoints",
+    "fail_once_after_epoch", "storage_options",
+)
+_NOT_PROVENANCE = ("ray_train", "checkpoints", "progress", "fail_once_after_epoch")
+_CHECKPOINT_NAME = re.compile(r"checkpoint_(\d{6})$")
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    out: str
+    epochs: int
+    best_epoch: int
+    best: dict
+    resumed: bool
+    checkpoints: str
+    history: list = field(default_factory=list)
+
+
+def run_training(spec, train_loop: Callable[[dict], None], *, record: Callable[[dict], None],
+                 export: Callable[[str | None, bool, str], TrainReport], workers: int, storage: str | None,
+                 max_failures: int, address: str | None, cpus: int | None) -> TrainReport:
+    """Train ``spec`` (resuming its run if any) and export the best epoch to ``spec.out``.
+
+    ``record(row)`` logs an epoch on the driver (picklable); ``export(folder, resumed,
+    checkpoints)`` writes the model directory from the last checkpoint's local ``folder``.
+    """
+    from rayproc.runtime.cluster import ray_session
+
+    if workers < 0:
+        raise InputError(f"--workers must be >= 0; got {workers}.")
+    root = resolve(storage or str(Path(spec.out) / "checkpoints"), spec.storage_options)
+    run = root.child(run_name(spec.out))
+    if workers == 0:
+        resumed = start_run(run, spec, in_process=True)
+        train_loop(dataclasses.replace(spec, checkpoints=run.url).to_dict())
+        with local_checkpoint(latest_checkpoint(run)) as folder:
+            return export(folder, resumed, run.url)
+    with ray_session(address, cpus=cpus, workers=math.ceil(workers * spec.cpus_per_worker), dashboard=True):
+        check_resources(spec, workers)
+        resumed = start_run(run, spec, in_process=False)
+        result = fit(train_loop, dataclasses.replace(spec, ray_train=True).to_dict(), name=run_name(spec.out),
+                     workers=workers, gpu=spec.gpu, resources_per_worker=worker_resources(spec), root=root,
+                     max_failures=max_failures, record=record)
+        with result.checkpoint.as_directory() as folder:
+            return export(folder, resumed, run.url)
+
+
+def export_best(spec, folder: str | None, checkpoints: str, resumed: bool, *, model, config, family: str,
+                command: str | None, stage: dict, **model_info) -> TrainReport:
+    """Save the best epoch (lowest validation loss) of the checkpoint in ``folder`` to ``spec.out``.
+
+    ``model``: a freshly built network of ``config``. ``stage`` joins the provenance;
+    ``model_info`` (normalisation, patch size, gap widths) the model's config
+    (:func:`rayproc.models.artifact.save_model`).
+    """
+    import torch
+
+    from rayproc.models.artifact import save_model
+    from rayproc.runtime.epochs import STATE_FILE
+
+    if folder is None:
+        raise RayprocError(f"no checkpoint found in {checkpoints}.")
+    saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    history = list(saved["history"])
+    best = min(history, key=lambda r: r["val_loss"])
+    model.load_state_dict(saved["best_model"])
+    parameters = {k: v for k, v in spec.to_dict().items() if k not in _NOT_PROVENANCE}
+    prov = {**provenance(command or command_line(), redacted(parameters), seed=spec.seed), **stage,
+            "checkpoints": checkpoints}
+    metrics = {"best_epoch": best["epoch"], "epochs": len(history), "best": best, "final": history[-1]}
+    save_model(spec.out, model, config, family=family, metrics=metrics, provenance=prov, **model_info)
+    return TrainReport(spec.out, len(history), best["epoch"], best, resumed, checkpoints, history)
+
+
+def run_name(out: str | Path) -> str:
+    """Ray Train run name of a model directory: readable and unique per absolute path."""
+    out = Path(out).resolve()
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", out.name)[:40] or "model"
+    return f"rayproc-{slug}-{hashlib.sha1(str(out).encode()).hexdigest()[:8]}"
+
+
+def claim_run(run: Location, spec, in_process: bool) -> bool:
+    """Record what the run at ``run`` trains; True if it exists already with the same parameters."""
+    fs, path = filesystem(run)
+    record = {k: v for k, v in spec.to_dict().items() if k not in RESUMABLE_CHANGES}
+    record["in_process"] = in_process
+    file = f"{path.rstrip('/')}/{RUN_FILE}"
+    if with_retries(lambda: fs.exists(file)):
+        old = json.loads(with_retries(lambda: fs.cat_file(file)))
+        if old != record:
+            changed = sorted(k for k in {*old, *record} if old.get(k) != record.get(k))
+            raise RayprocError(
+                f"{run.url} holds a run with other parameters ({', '.join(changed)} differ); "
+                "rerun with the same ones to resume, or choose another --out or --storage."
+            )
+        return True
+    if not run.is_remote:
+        fs.makedirs(path, exist_ok=True)
+    with_retries(lambda: fs.pipe_file(file, json.dumps(record, indent=2).encode()))
+    return False
+
+
+def start_run(run: Location, spec, *, in_process: bool) -> bool:
+    """Claim the run (True: resuming it); a new run starts with fresh logs."""
+    resumed = claim_run(run, spec, in_process)
+    if not resumed:
+        for name in (METRICS_LOG, LOSS_CURVE):
+            (Path(spec.out) / name).unlink(missing_ok=True)
+    return resumed
+
+
+def worker_resources(spec) -> dict:
+    """Ray resources of one training worker."""
+    return {"CPU": spec.cpus_per_worker, **({"GPU": 1} if spec.gpu else {})}
+
+
+def check_resources(spec, workers: int) -> None:
+    """Refuse a worker group the Ray cluster cannot hold (Ray would wait for it forever)."""
+    import ray
+
+    available = ray.cluster_resources()
+    short = {k: v * workers for k, v in worker_resources(spec).items() if v * workers > available.get(k, 0)}
+    if short:
+        have = {k: available.get(k, 0) for k in short}
+        raise RayprocError(f"{workers} training worker(s) need {short} but the Ray cluster has {have}; "
+                           "use fewer --workers or another cluster.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions: how the epoch loop reaches its device, checkpoints and logs
+# ---------------------------------------------------------------------------------------------
+
+
+class InProcessSession:
+    """Stands in for Ray Train when the loop runs in this process alone (``workers=0``).
+
+    ``record(out, row)`` logs an epoch; ``unit`` names the items of the progress bar.
+    """
+
+    def __init__(self, spec, record: Callable[[str, dict], None], unit: str):
+        self.spec, self.record, self.unit = spec, record, unit
+        self.location = resolve(spec.checkpoints, spec.storage_options) if spec.checkpoints else None
+
+    def device(self, gpu: bool):
+        import torch
+
+        if gpu and not torch.cuda.is_available():
+            raise InputError("--gpu was given but torch sees no CUDA device.")
+        return torch.device("cuda" if gpu else "cpu")
+
+    def prepare_model(self, model):
+        return model
+
+    def prepare_data_loader(self, loader):
+        return loader
+
+    @contextlib.contextmanager
+    def checkpoint(self):
+        with local_checkpoint(latest_checkpoint(self.location) if self.location else None) as folder:
+            yield folder
+
+    def report(self, metrics: dict, folder: str | None) -> None:
+        if folder is not None and self.location is not None:
+            save_checkpoint(self.location, folder, metrics["epoch"])
+        self.record(self.spec.out, metrics)
+
+    def progress(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit=self.unit, leave=False)
+
+
+class RayTrainSession:
+    """Inside a Ray Train worker: the only lines of the training loop that touch Ray."""
+
+    def device(self, gpu: bool):
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # to the device, DDP when world > 1
+
+    def prepare_data_loader(self, loader):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_data_loader(loader)  # keeps our DistributedSampler
+
+    @contextlib.contextmanager
+    def checkpoint(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()  # latest one of this run (after a restart or a rerun)
+        if checkpoint is None:
+            yield None
+        else:
+            with checkpoint.as_directory() as folder:
+                yield folder
+
+    def report(self, metrics: dict, folder: str | None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=None if folder is None else ray.train.Checkpoint.from_directory(folder))
+
+    def progress(self, total: int, desc: str):
+        from ray.experimental.tqdm_ray import tqdm
+
+        return tqdm(total=total, desc=desc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of in-process runs
+# ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(location: Location, folder: str, epoch: int, *, keep: int = 2) -> None:
+    """Copy ``folder`` to ``location/checkpoint_<epoch>`` (via a temporary name); keep the newest."""
+    fs, root = filesystem(location)
+    final, partial = f"{root}/checkpoint_{epoch:06d}", f"{root}/.partial_{epoch:06d}"
+    with_retries(lambda: fs.put(str(folder).rstrip("/") + "/", partial + "/", recursive=True))
+    if with_retries(lambda: fs.exists(final)):
+        with_retries(lambda: fs.rm(final, recursive=True))
+    with_retries(lambda: fs.mv(partial, final, recursive=True))
+    for old in _checkpoints(location)[:-keep]:
+        with_retries(lambda: fs.rm(old, recursive=True))
+
+
+def _checkpoints(location: Location) -> list[str]:
+    fs, root = filesystem(location)
+    fs.invalidate_cache()
+    if not with_retries(lambda: fs.exists(root)):
+        return []
+    paths = with_retries(lambda: fs.ls(root, detail=False))
+    return sorted(p.rstrip("/") for p in paths if _CHECKPOINT_NAME.search(p.rstrip("/")))
+
+
+def latest_checkpoint(location: Location) -> Location | None:
+    """The newest ``checkpoint_<epoch>`` of an in-process run, or None."""
+    found = _checkpoints(location)
+    if not found:
+        return None
+    return location.child(found[-1].rsplit("/", 1)[-1])
+
+
+@contextlib.contextmanager
+def local_checkpoint(location: Location | None):
+    """A local folder holding the checkpoint at ``location`` (downloaded if remote), or None."""
+    if location is None:
+        yield None
+    elif not location.is_remote:
+        yield location.url
+    else:
+        fs, path = filesystem(location)
+        with tempfile.TemporaryDirectory() as folder:
+            with_retries(lambda: fs.get(path.rstrip("/") + "/", folder + "/", recursive=True))
+            yield folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Epoch logs and the Ray Train call
+# ---------------------------------------------------------------------------------------------
 
 
 def read_history(out: str | Path) -> list[dict]:
@@ -144,4 +423,9 @@ def fit(
     return result
 
 
-__all__ = ["LOSS_CURVE", "METRICS_LOG", "fit", "ray_storage", "read_history", "write_epoch"]
+__all__ = [
+    "LOSS_CURVE", "METRICS_LOG", "RESUMABLE_CHANGES", "RUN_FILE", "InProcessSession", "RayTrainSession", "TrainReport",
+    "check_resources", "claim_run", "export_best", "fit", "latest_checkpoint", "local_checkpoint", "plot_curves",
+    "ray_storage", "read_history", "run_name", "run_training", "save_checkpoint", "start_run", "worker_resources",
+    "write_epoch",
+]
