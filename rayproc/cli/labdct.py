@@ -211,9 +211,8 @@ def evaluate(
     for name, m in report.methods.items():
         typer.echo(f"  {name:8s} precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  "
                    f"pixel IoU {m['pixel_iou']:.3f}  ({m['seconds']:.1f} s)")
-    for label, record in (("integrated", report.recall_by_snr), ("peak", report.recall_by_peak_snr),
-                          ("mean", report.recall_by_mean_snr)):
-        weak = (record or {}).get("weak")
+    for label, record in report.recall_records().items():
+        weak = record.get("weak")
         if weak and weak["count"]:
             recalls = "  ".join(f"{name} {weak[name]:.3f}" for name in report.methods if weak.get(name) is not None)
             typer.echo(f"  recall at {label} SNR < {weak['below']:g} ({weak['count']} spots): {recalls}")

@@ -67,6 +67,9 @@ DEFAULT_SNR_BINS = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, np.inf)
 PEAK_SNR_BINS = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0, np.inf)  # peak pixel over per-pixel noise
 MEAN_SNR_BINS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, np.inf)  # mean spot pixel over per-pixel noise
 WEAK_BELOW = 2.0  # "SNR < 2": the weak spots summarised for every definition
+# SNR definitions of a true spot: the column of the SNR table and the x-axis label of the figure.
+SNR_KINDS = {"integrated": ("spot_snr", "integrated spot SNR"), "peak": ("spot_peak_snr", "peak SNR (per pixel)"),
+             "mean": ("spot_mean_snr", "mean SNR (per spot pixel)")}
 SPOT_COLUMNS = ("precision", "recall", "f1", "pixel_iou", "n_pred", "n_true", "true_positives", "seconds")
 RESIDUAL_MARGIN = 3  # px kept clear of the standard routine's spots in the background residual
 PROFILE_HALF = 12  # half-length (px) of a line profile
@@ -88,6 +91,11 @@ class LabdctEvaluationReport:
     files: list[str] = field(default_factory=list)
     recall_by_peak_snr: dict | None = None
     recall_by_mean_snr: dict | None = None
+
+    def recall_records(self) -> dict[str, dict]:
+        """The recall record of each SNR definition evaluated (keys of :data:`SNR_KINDS`)."""
+        records = {"integrated": self.recall_by_snr, "peak": self.recall_by_peak_snr, "mean": self.recall_by_mean_snr}
+        return {kind: record for kind, record in records.items() if record is not None}
 
     def to_dict(self) -> dict:
         return {"out": self.out, "tuned": self.tuned, "methods": self.methods, "recall_by_snr": self.recall_by_snr,
@@ -260,7 +268,8 @@ def evaluate_labdct(
     best, k_best, table = tune_relative(frames[tune], truth[tune], grid, n_rolling=n_rolling, iou=iou)
     tuning_seconds = time.perf_counter() - started
     truth_test = label_spots(target[test])
-    snr = truth_snr(truth_test, ds.spot_label.values[test], np.arange(n_tune, n), snr_table)
+    snrs = {kind: truth_snr(truth_test, ds.spot_label.values[test], np.arange(n_tune, n), snr_table, column=column)
+            for kind, (column, _) in SNR_KINDS.items() if column in snr_table}
     predictions, extra, methods = {}, {}, {}
     if network is not None:
         started = time.perf_counter()
@@ -269,15 +278,12 @@ def evaluate_labdct(
     started = time.perf_counter()
     predictions["standard"] = standard_routine(frames[test], best)
     methods["standard"] = {"seconds": time.perf_counter() - started}
-    other_snr = {column: truth_snr(truth_test, ds.spot_label.values[test], np.arange(n_tune, n), snr_table,
-                                   column=column) for column in ("spot_peak_snr", "spot_mean_snr") if column in snr_table}
     founds = {}
     for name, labels in predictions.items():
         scores, founds[name] = score(labels, truth_test, target[test], iou=iou)
         methods[name] = {**scores, "seconds": round(methods[name]["seconds"], 3)}
-    snr_record = _recall_record(founds, snr, snr_bins)
-    peak_record, mean_record = (_recall_record(founds, other_snr[column], bins) if column in other_snr else None
-                                for column, bins in (("spot_peak_snr", PEAK_SNR_BINS), ("spot_mean_snr", MEAN_SNR_BINS)))
+    bins = {"integrated": snr_bins, "peak": PEAK_SNR_BINS, "mean": MEAN_SNR_BINS}
+    records = {kind: _recall_record(founds, values, bins[kind]) for kind, values in snrs.items()}
     reference = match_spots(truth_test, ds.spot_label.values[test], iou=iou)
     tuned = {"params": best.to_dict(), "background_k": k_best, "tune_projections": n_tune,
              "test_projections": n - n_tune, "grid": {k: list(map(float, v)) for k, v in grid.items()},
@@ -288,9 +294,9 @@ def evaluate_labdct(
     folder.mkdir(parents=True, exist_ok=True)
     figures = [_plot_panels(frames[test], extra.get("dl"), predictions, target[test], folder / "panels_synthetic.png",
                             title="synthetic projection", first=n_tune)]
-    figures.append(_plot_profiles(frames[test], extra.get("dl"), predictions, truth_test, snr,
+    figures.append(_plot_profiles(frames[test], extra.get("dl"), predictions, truth_test, snrs["integrated"],
                                   folder / "profiles_weak_spots.png", first=n_tune))
-    figures.append(_plot_recall(snr_record, peak_record, mean_record, folder / "recall_by_snr.png"))
+    figures.append(_plot_recall(records, folder / "recall_by_snr.png"))
     real_record = None
     if real is not None:
         real_record, real_figure = _evaluate_real(real, real_beamstop_from, real_frames, best, k_best, n_rolling,
@@ -298,8 +304,8 @@ def evaluate_labdct(
         figures.append(real_figure)
     (folder / PARAMS_JSON).write_text(json.dumps(best.to_dict(), indent=2) + "\n")
     files = [str(folder / f) for f in (METRICS_JSON, METRICS_MD, PARAMS_JSON)] + [str(f) for f in figures]
-    report = LabdctEvaluationReport(str(folder), tuned, methods, snr_record, real_record, description, files,
-                                    peak_record, mean_record)
+    report = LabdctEvaluationReport(str(folder), tuned, methods, records["integrated"], real_record, description,
+                                    files, records.get("peak"), records.get("mean"))
     settings = {"synth": location.url, "real": real, "real_frames": real_frames, "iou": iou, "n_rolling": n_rolling,
                 "tune_fraction": tune_fraction, "threshold": threshold}
     record = {**report.to_dict(), "settings": settings,
@@ -456,13 +462,12 @@ def _plot_profiles(frames, denoised, predictions, truth, snr, path: Path, *, fir
     return path
 
 
-def _plot_recall(snr_record: dict, peak_record: dict | None, mean_record: dict | None, path: Path) -> Path:
+def _plot_recall(records: dict[str, dict], path: Path) -> Path:
+    """Recall against SNR bin, one panel per SNR definition (keys of :data:`SNR_KINDS`)."""
     plt = _mpl()
-    records = [(record, label) for record, label in ((snr_record, "integrated spot SNR"),
-               (peak_record, "peak SNR (per pixel)"), (mean_record, "mean SNR (per spot pixel)")) if record]
     figure, axes = plt.subplots(1, len(records), figsize=(5 * len(records), 3.4), constrained_layout=True,
                                 squeeze=False)
-    for ax, (record, xlabel) in zip(axes[0], records):
+    for ax, (kind, record) in zip(axes[0], records.items()):
         edges = record["edges"]
         labels = [f"{a:g}-{b:g}" if np.isfinite(b) else f">={a:g}" for a, b in zip(edges[:-1], edges[1:])]
         for name in ("dl", "standard"):
@@ -470,7 +475,7 @@ def _plot_recall(snr_record: dict, peak_record: dict | None, mean_record: dict |
                 values = [np.nan if r is None else r for r in record[name]]
                 ax.plot(range(len(labels)), values, "o-", label=name)
         ax.set_xticks(range(len(labels)), labels, fontsize=7)
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(SNR_KINDS[kind][1])
         ax.set_ylabel("recall")
         ax.set_ylim(-0.02, 1.02)
         ax.legend()
@@ -492,16 +497,14 @@ def _recall_lines(record: dict, names: list[str], title: str) -> list[str]:
 
 
 def _weak_lines(report: LabdctEvaluationReport, names: list[str]) -> list[str]:
-    records = [(label, record) for label, record in (("integrated", report.recall_by_snr),
-               ("peak", report.recall_by_peak_snr), ("mean", report.recall_by_mean_snr))
-               if record is not None and "weak" in record]
+    records = {kind: record for kind, record in report.recall_records().items() if "weak" in record}
     if not records:
         return []
     gain = len(names) == 2 and set(names) == {"dl", "standard"}
     lines = ["", f"Weak spots (SNR < {WEAK_BELOW:g}) per SNR definition:", "",
              "| SNR definition | true spots | " + " | ".join(f"recall {n}" for n in names) + (" | dl - standard |"
              if gain else " |"), "|---|---:|" + "---:|" * (len(names) + gain)]
-    for label, record in records:
+    for label, record in records.items():
         weak = record["weak"]
         cells = ["-" if weak.get(n) is None else f"{weak[n]:.3f}" for n in names]
         if gain:
@@ -531,11 +534,8 @@ def _markdown(report: LabdctEvaluationReport, settings: dict, figures: list[str]
         lines.append(f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['pixel_iou']:.3f} | "
                      f"{m['n_pred']} | {m['n_true']} | {m['seconds']:.2f} |")
     names = [n for n in report.methods if n in report.recall_by_snr]
-    lines += _recall_lines(report.recall_by_snr, names, "Recall per integrated-SNR bin")
-    if report.recall_by_peak_snr is not None:
-        lines += _recall_lines(report.recall_by_peak_snr, names, "Recall per peak-SNR bin")
-    if report.recall_by_mean_snr is not None:
-        lines += _recall_lines(report.recall_by_mean_snr, names, "Recall per mean-SNR bin")
+    for kind, record in report.recall_records().items():
+        lines += _recall_lines(record, names, f"Recall per {kind}-SNR bin")
     lines += _weak_lines(report, names)
     lines += ["", f"Truth: spots of the LoG segmentation of the noise-free projections (`target`); its F1 against "
               f"the simulator's own spot labels is {tuned['target_vs_simulated_f1']:.3f}. A spot is found when matched "
@@ -563,5 +563,5 @@ def _markdown(report: LabdctEvaluationReport, settings: dict, figures: list[str]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DEFAULT_GRID", "DEFAULT_SNR_BINS", "MEAN_SNR_BINS", "PEAK_SNR_BINS", "LabdctEvaluationReport",
-           "evaluate_labdct", "mean_snr", "score", "truth_snr", "tune_relative"]
+__all__ = ["DEFAULT_GRID", "DEFAULT_SNR_BINS", "MEAN_SNR_BINS", "PEAK_SNR_BINS", "SNR_KINDS",
+           "LabdctEvaluationReport", "evaluate_labdct", "mean_snr", "score", "truth_snr", "tune_relative"]

@@ -5,7 +5,7 @@ own ``train_epoch`` and ``validate`` steps, to :func:`run_epochs`, which resumes
 session's latest checkpoint, wraps model and loaders for data-parallel training, trains the
 remaining epochs with Adam (learning rate halved when the validation loss stalls), and
 reports each epoch's metrics row with a checkpoint. The session is Ray Train's (DDP,
-``ray.train.report``) or an in-process stand-in (:mod:`rayproc.pipelines.bcdi_train`).
+``ray.train.report``) or an in-process stand-in (:mod:`rayproc.runtime.training`).
 """
 
 from __future__ import annotations
