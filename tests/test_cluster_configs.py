@@ -231,3 +231,18 @@ def test_no_credentials_in_cluster_files():
         text = path.read_text()
         assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text), path  # AWS access key ids
         assert not re.search(r"(?i)secret_access_key\s*[:=]\s*['\"]?[A-Za-z0-9/+]{20,}", text), path
+
+
+def test_one_constraints_file_pins_client_and_cluster():
+    """make, the Docker image and the cluster launcher install with the same constraints.txt,
+    whose pins are public versions (a CUDA or CPU torch build from any index satisfies them)."""
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().split() if "==" in line)
+    assert "+" not in pins["torch"], "a local version label (+cpu) fails on an index serving CUDA builds"
+    assert re.findall(r"torch==([0-9][\w.]*)", (REPO / "Makefile").read_text()) == [pins["torch"]]
+    assert "-c constraints.txt" in (REPO / "Makefile").read_text()
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert re.search(r"pip install .*-c constraints\.txt \.", dockerfile)
+    assert re.findall(r"ARG RAY_VERSION=(\S+)", dockerfile) == [pins["ray"]]
+    for path, config in LAUNCHER:
+        package_step = next(c for c in config["setup_commands"] if re.search(r"pip install .*rayproc\b", c))
+        assert "-c ~/rayproc/constraints.txt" in package_step, path

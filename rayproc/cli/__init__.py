@@ -51,36 +51,85 @@ def ingest(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: user-fixable errors become one line on stderr and exit status 2.
+    """Console entry point: every error a user can cause is one line on stderr and exit status 2.
 
-    Usage errors are reported by typer itself (exit status 2).
+    Usage errors are reported by typer itself (exit status 2); Ctrl-C ends with one line saying
+    how far the run got, exit status 130. An unexpected error (a bug) is one line too, exit
+    status 1; ``RAYPROC_DEBUG=1`` shows its traceback.
     """
-    from rayproc.errors import RayprocError
+    import os
+
+    from rayproc.errors import Interrupted
     from rayproc.runtime.memory import retain_freed_memory
 
     retain_freed_memory()  # in-process inference and training: no page faults per batch
+    _raise_interrupted_on_ctrl_c()
     try:
         app(args=argv, standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except (RayprocError, ValueError, TypeError, FileNotFoundError, PermissionError) as exc:
-        print(f"rayproc: error: {_first_line(exc)}", file=sys.stderr)
-        return 2
+    except Interrupted as exc:
+        done = f"{exc}; " if exc.done is not None else ""
+        print(f"rayproc: interrupted: {done}rerun the same command to resume", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("rayproc: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:
-        message = _credential_message(exc)
+        message = user_message(exc)
         if message is None:
-            raise
+            if os.environ.get("RAYPROC_DEBUG"):
+                raise
+            print(f"rayproc: error: unexpected {type(exc).__name__}: {_first_line(exc)} "
+                  "(rerun with RAYPROC_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+            return 1
         print(f"rayproc: error: {message}", file=sys.stderr)
         return 2
     return 0
 
 
+def _raise_interrupted_on_ctrl_c() -> None:
+    """Ctrl-C raises :class:`rayproc.errors.Interrupted` (which click passes through to main)."""
+    import signal
+    import threading
+
+    from rayproc.errors import Interrupted
+
+    def handler(signum, frame):
+        raise Interrupted()
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, handler)
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def user_message(exc: BaseException) -> str | None:
+    """One line for an error the user caused (bad input, storage, device, credentials), else None."""
+    from rayproc.errors import user_error
+
+    credentials = _credential_message(exc)
+    if credentials:
+        return credentials
+    cause = user_error(exc)
+    if cause is not None:
+        text = _first_line(cause)
+        if "checksum" in text.lower():
+            return f"a stored chunk failed its checksum (the store is damaged): {text}"
+        if isinstance(cause, OSError) and not text.startswith("[Errno") and cause.strerror:
+            return f"{cause.strerror}: {cause.filename}" if cause.filename else text
+        return text
+    if isinstance(exc, TypeError):
+        return _first_line(exc)
+    text = _first_line(exc)
+    if isinstance(exc, RuntimeError) and any(w in text.lower() for w in ("decompress", "blosc", "zstd", "codec")):
+        return f"a stored chunk cannot be decoded (the store is damaged): {text}"
+    if "CUDA" in text or "cuda" in text:
+        return f"--gpu: {text}"
+    return None
 
 
 def _credential_message(exc: BaseException) -> str | None:

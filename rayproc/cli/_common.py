@@ -16,5 +16,6 @@ StorageOptions = Annotated[
     Optional[list[str]],
     typer.Option("--storage-option", "-s", help="fsspec option key=value for s3:// stores (repeatable)."),
 ]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output store.")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace an output store rayproc made earlier (never any other folder or file).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]

@@ -290,7 +290,8 @@ def _weights_path(directory: Path, config: dict) -> Path:
     return directory / name
 
 
-def load_model(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
+def load_model(directory: str | os.PathLike, *, device: str | torch.device = "cpu",
+               family: str | None = None) -> tuple[nn.Module, ModelInfo]:
     """Load a model directory: check the weights' sha256, build the network, load the tensors.
 
     Parameters
@@ -299,6 +300,8 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device = "cp
         A directory written by :func:`save_model` (any supported format version).
     device : str or torch.device, optional
         Where to put the network.
+    family : {"bcdi", "labdct"}, optional
+        The family the caller needs; a model of another family is refused (one line).
 
     Returns
     -------
@@ -318,6 +321,9 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device = "cp
 
     directory = Path(directory)
     info = read_model_info(directory)
+    if family is not None and info.family != family:
+        raise RayprocError(f"{directory} is a {info.family!r} model; this command needs a {family!r} model "
+                           f"(pass --model with a {family.upper()} model directory)")
     config, _ = _current_config(_read_json(directory / CONFIG_FILE, required=True), directory)
     weights = _weights_path(directory, config)
     if not weights.is_file():

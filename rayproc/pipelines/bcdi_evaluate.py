@@ -29,7 +29,9 @@ from rayproc.bcdi.gaps import AXIS_NAMES, gaps_to_mask, parse_gap
 from rayproc.bcdi.inpaint import DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_STRIDE, inpaint_volume
 from rayproc.bcdi.metrics import gap_pcc, relative_error
 from rayproc.errors import InputError
+from rayproc.runtime.resources import require_cuda
 from rayproc.storage import command_line, open_dataset, provenance, resolve
+from rayproc.storage.outputs import claim_folder, make_folder
 from rayproc.storage.readers import read_volume, validate_counts
 
 METRICS_JSON, METRICS_MD = "metrics.json", "metrics.md"
@@ -123,6 +125,8 @@ def evaluate_bcdi(
 
     if not gaps:
         raise InputError("give at least one --gap AXIS:START:WIDTH to impose on the volume.")
+    require_cuda(device)
+    folder = claim_folder(out, inputs=[volume], create=False)
     gaps = [f"{a}:{s}:{w}" for a, s, w in (parse_gap(g) for g in gaps)]
     truth = read_truth(volume, sample=sample, storage_options=storage_options)
     mask = gaps_to_mask(gaps, truth.shape)
@@ -144,9 +148,8 @@ def evaluate_bcdi(
     for name in methods:
         methods[name]["seconds"] = round(seconds[name], 3)
 
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     shown = ["model" if network is not None else "cubic", "linear"]
+    make_folder(folder)
     figures = [_plot_gap(truth, {name: predictions[name] for name in shown}, gap, folder) for gap in gaps]
     report = EvaluationReport(str(folder), truth.shape, gaps, int(mask.sum()), methods, description,
                               [str(folder / METRICS_JSON), str(folder / METRICS_MD), *map(str, figures)])

@@ -40,6 +40,7 @@ from rayproc.storage import (
     ArraySpec, Location, command_line, create_dataset, done_tasks, filesystem, finalize, open_dataset, provenance,
     resolve, with_retries, write_task, zarr_store,
 )
+from rayproc.storage.outputs import claim_store
 from rayproc.storage.readers import read_volume
 
 
@@ -95,7 +96,7 @@ def load_inpainting_model(model=None, *, device: str = "cpu"):
     directory = Path(default_model_dir() if model is None else model)
     if model is None and not (directory / "config.json").is_file():
         raise InputError(f"no model given and the default model is not installed at {directory}; pass --model DIR.")
-    network, info = load_model(directory, device=device)
+    network, info = load_model(directory, device=device, family="bcdi")
     description = {"source": str(directory), "sha256": info.sha256, "architecture": info.architecture,
                    "patch_size": info.patch_size}
     return network, description
@@ -377,6 +378,8 @@ def inpaint_bcdi(
     """
     blend = look_up_option(blend, BLEND_MODES, name="blend")
     check_counts(stride=stride, chunk=chunk, batch_size=batch_size, workers=workers)
+    location = resolve(out, storage_options)
+    claim_store(location, inputs=[source, mask], overwrite=overwrite)
     gaps = [f"{a}:{s}:{w}" for a, s, w in (parse_gap(g) for g in gaps)]
     device = "cuda" if gpu else "cpu"
     network, model_description = load_inpainting_model(model, device="cpu")
@@ -393,25 +396,25 @@ def inpaint_bcdi(
         for task in plan_chunks(data.volume_shape, chunk, origins, patch):
             jobs.append(_ChunkJob(task_name(sample, task.index), sample, task, origins[list(task.windows)]))
 
-    location = resolve(out, storage_options)
     parameters = {"input": data.url, "mask": resolve(mask, storage_options).url if mask else None, "gaps": gaps,
                   "model": model_description, "stride": int(stride), "blend": blend, "patch": patch,
                   "chunk": int(chunk), "batch_size": int(batch_size)}
-    status = create_dataset(
-        location, _output_arrays(data, chunk), coords=data.coords,
-        attrs=_output_attrs(data.attrs),
-        provenance_attrs=provenance(command or command_line(), parameters), overwrite=overwrite,
-    )
     all_tasks = [task_name(s) for s in data.samples] + [job.name for job in jobs]
-    if status == "complete":
-        return InpaintReport(location.url, len(data.samples), len(jobs), 0, windows, status)
-    finished = done_tasks(location)
-    for sample in data.samples:
-        if task_name(sample) not in finished:
-            region = _sample_region(sample, (slice(None),) * 3)
-            write_task(location, task_name(sample), {"mask": (region, mask_of(sample))})
-    todo = [job for job in jobs if job.name not in finished]
-    with ray_session(address, cpus=cpus, workers=workers):
+    with ray_session(address, cpus=cpus, workers=workers, actor_cpus=cpus_per_worker, actor_gpus=1.0 if gpu else 0.0):
+        status = create_dataset(
+            location, _output_arrays(data, chunk), coords=data.coords,
+            attrs=_output_attrs(data.attrs),
+            provenance_attrs=provenance(command or command_line(), parameters), overwrite=overwrite,
+            inputs=[source, mask],
+        )
+        if status == "complete":
+            return InpaintReport(location.url, len(data.samples), len(jobs), 0, windows, status)
+        finished = done_tasks(location)
+        for sample in data.samples:
+            if task_name(sample) not in finished:
+                region = _sample_region(sample, (slice(None),) * 3)
+                write_task(location, task_name(sample), {"mask": (region, mask_of(sample))})
+        todo = [job for job in jobs if job.name not in finished]
         import ray
 
         volume_ref = None if data.location else ray.put(data.intensity)
@@ -420,7 +423,8 @@ def inpaint_bcdi(
                                     blend=blend, batch_size=int(batch_size), patch=patch)
         results = list(run_stage(factory, [dataclasses.replace(job, shared=shared) for job in todo], workers=workers,
                                  cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if gpu else 0.0,
-                                 desc="inpainting chunks", progress=progress, on_start=on_start))
+                                 desc="inpainting chunks", progress=progress, on_start=on_start,
+                                 done_before=len(jobs) - len(todo), total=len(jobs)))
     finalize(location, all_tasks)
     peak = max((r.peak_rss_mb for r in results), default=None)
     return InpaintReport(location.url, len(data.samples), len(jobs), len(results), windows, status, peak)

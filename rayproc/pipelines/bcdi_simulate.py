@@ -17,6 +17,7 @@ import xarray as xr
 from rayproc.errors import InputError
 from rayproc.physics.bcdi_diffraction import random_sample_params, simulate_bcdi_sample
 from rayproc.runtime import ray_session, run_stage
+from rayproc.storage.outputs import claim_store
 from rayproc.storage import (
     ArraySpec, Location, command_line, create_dataset, done_tasks, finalize, provenance, resolve, write_task,
 )
@@ -100,8 +101,9 @@ def simulate_bcdi(
     if workers < 1:
         raise InputError(f"--workers must be >= 1; got {workers}.")
     location = resolve(out, storage_options)
+    claim_store(location, overwrite=overwrite)
     params = {"count": count, "size": size, "seed": seed}
-    with ray_session(address, cpus=cpus, workers=workers):
+    with ray_session(address, cpus=cpus, workers=workers, actor_cpus=cpus_per_worker):
         status = create_dataset(
             location,
             {"intensity": ArraySpec(("sample", "z", "y", "x"), (count, size, size, size), "float32",
@@ -118,7 +120,8 @@ def simulate_bcdi(
         todo = [i for i in range(count) if task_name(i) not in finished]
         stage = functools.partial(_SampleWriter, location, size, seed)
         computed = sum(1 for _ in run_stage(stage, todo, workers=workers, cpus_per_worker=cpus_per_worker,
-                                            desc="simulating", progress=progress, on_start=on_start))
+                                            desc="simulating", progress=progress, on_start=on_start,
+                                            done_before=count - len(todo), total=count))
     finalize(location, [task_name(i) for i in range(count)])
     return SimulationReport(location.url, count, computed, status)
 

@@ -48,6 +48,7 @@ from rayproc.models.artifact import load_model
 from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
 from rayproc.models.losses import inpainting_loss
 from rayproc.runtime.epochs import Precision, run_epochs, start_worker, sum_across_workers
+from rayproc.storage.outputs import claim_folder
 from rayproc.runtime.training import (
     InProcessSession, RayTrainSession, TrainReport, export_best, latest_checkpoint, plot_curves, read_history, run_name,
     run_training, write_epoch,
@@ -373,6 +374,7 @@ def train_bcdi(
     -------
     TrainReport
     """
+    claim_folder(out, inputs=list(data), create=False)
     storage_options = dict(storage_options or {})
     volumes = list_volumes(data, storage_options)
     train, val = split_volumes(volumes, val_fraction, seed)
@@ -435,6 +437,7 @@ def finetune_bcdi(
         raise InputError(f"{model_dir} is a {info.family!r} model; fine-tuning needs a 'bcdi' one.")
     if mask is None and not gaps:
         raise InputError("fine-tuning needs the target's gaps: give --mask FILE or --gap AXIS:START:WIDTH.")
+    claim_folder(out, inputs=[model_dir, volume, mask], create=False)
     storage_options = dict(storage_options or {})
     volumes = list_volumes([volume], storage_options)
     if len(volumes) != 1:

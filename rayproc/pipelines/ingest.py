@@ -6,6 +6,7 @@ import numpy as np
 import xarray as xr
 
 from rayproc.storage import command_line, provenance, resolve, write_dataset
+from rayproc.storage.outputs import claim_store
 from rayproc.storage.readers import read_volume, validate_counts
 
 DEFAULT_CHUNKS = {"z": 64, "y": 128, "x": 128}
@@ -39,14 +40,16 @@ def ingest(
 
     Returns the in-memory Dataset that was written.
     """
+    location = resolve(dest, storage_options)
+    claim_store(location, inputs=[source], overwrite=overwrite)
     volume, info = read_volume(source, key=key)
     validate_counts(volume, ndim=3)
-    location = resolve(dest, storage_options)
     dataset = volume_dataset(volume, attrs={"source_format": info["format"]})
     params = {"source": str(source), "key": key, "shape": list(volume.shape)}
     write_dataset(
         location, dataset, chunks={"intensity": DEFAULT_CHUNKS},
         provenance_attrs=provenance(command or command_line(), params), overwrite=overwrite,
+        inputs=[source],
     )
     return dataset
 

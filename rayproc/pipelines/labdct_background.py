@@ -24,6 +24,7 @@ import xarray as xr
 from rayproc.errors import InputError
 from rayproc.labdct.background import extract_background
 from rayproc.storage import command_line, open_dataset, provenance, resolve, write_dataset
+from rayproc.storage.outputs import claim_store
 from rayproc.storage.readers import read_volume
 
 # Variables holding frames in a zarr store, in the order they are looked for.
@@ -125,6 +126,8 @@ def extract_background_store(
     """
     from rayproc.labdct.background import spot_fill_mask
 
+    location = resolve(out, storage_options)
+    claim_store(location, inputs=[frames], overwrite=overwrite)
     stack, info = read_frames(frames, storage_options=storage_options)
     beamstop = beamstop_mask(beamstop_from, stack.shape[1:])
     params = {"frames": str(frames), "rolling": rolling, "beamstop_from": beamstop_from,
@@ -145,9 +148,10 @@ def extract_background_store(
     dataset = xr.Dataset(variables, coords=coords,
                          attrs={"title": f"LabDCT background images of {Path(str(frames)).name}",
                                 "masked_fraction": masked})
-    write_dataset(resolve(out, storage_options), dataset, chunks={"background": {"frame": 1}},
-                  provenance_attrs=provenance(command or command_line(), params), overwrite=overwrite)
-    return BackgroundReport(resolve(out).url, n, (ny, nx), seconds, masked)
+    write_dataset(location, dataset, chunks={"background": {"frame": 1}},
+                  provenance_attrs=provenance(command or command_line(), params), overwrite=overwrite,
+                  inputs=[frames])
+    return BackgroundReport(location.url, n, (ny, nx), seconds, masked)
 
 
 __all__ = ["BackgroundReport", "FRAME_VARIABLES", "beamstop_mask", "extract_background_store", "read_frames"]

@@ -36,6 +36,7 @@ from rayproc.pipelines.bcdi_inpaint import _output_attrs, _zarr_array, is_zarr_s
 from rayproc.pipelines.labdct_background import FRAME_VARIABLES, read_frames
 from rayproc.pipelines.labdct_segment import load_spot_network
 from rayproc.runtime import ray_session, run_stage
+from rayproc.storage.outputs import claim_store
 from rayproc.stitching import BLEND_MODES
 from rayproc.storage import (
     ArraySpec, Location, command_line, create_dataset, done_tasks, finalize, open_dataset, provenance, resolve,
@@ -201,6 +202,8 @@ def denoise_labdct(
     """
     blend = look_up_option(blend, BLEND_MODES, name="blend")
     check_counts(batch_size=batch_size, frames_per_task=frames_per_task, workers=workers)
+    location = resolve(out, storage_options)
+    claim_store(location, inputs=[source], overwrite=overwrite)
     network, scale, description = load_spot_network(model, device="cpu")
     data = _open_input(source, storage_options)
     count, height, width = (int(n) for n in data.frames.shape)
@@ -210,22 +213,23 @@ def denoise_labdct(
         normalise_frames(np.asarray(data.frames[start:start + int(frames_per_task)]), scale=scale)
     options = {"scale": scale, "tile": int(tile), "overlap": int(overlap), "blend": blend, "batch_size": int(batch_size)}
 
-    location = resolve(out, storage_options)
     parameters = {"input": data.url, "variable": data.variable, "model": description, **options,
                   "frames_per_task": int(frames_per_task)}
-    status = create_dataset(
-        location,
-        {"denoised": ArraySpec(data.dims, (count, height, width), "float32", chunks=(1, height, width),
-                               attrs={"long_name": "spot probability of the denoising network", "units": "1"})},
-        coords=data.coords, attrs={**_output_attrs(data.attrs), "title": "LabDCT frames denoised by the spot network"},
-        provenance_attrs=provenance(command or command_line(), parameters), overwrite=overwrite,
-    )
     jobs = [_SlabJob(task_name(s), s, min(s + int(frames_per_task), count)) for s in starts]
-    if status == "complete":
-        return DenoiseReport(location.url, count, len(jobs), 0, status)
-    finished = done_tasks(location)
-    todo = [job for job in jobs if job.name not in finished]
-    with ray_session(address, cpus=cpus, workers=workers):
+    with ray_session(address, cpus=cpus, workers=workers, actor_cpus=cpus_per_worker, actor_gpus=1.0 if gpu else 0.0):
+        status = create_dataset(
+            location,
+            {"denoised": ArraySpec(data.dims, (count, height, width), "float32", chunks=(1, height, width),
+                                   attrs={"long_name": "spot probability of the denoising network", "units": "1"})},
+            coords=data.coords,
+            attrs={**_output_attrs(data.attrs), "title": "LabDCT frames denoised by the spot network"},
+            provenance_attrs=provenance(command or command_line(), parameters), overwrite=overwrite,
+            inputs=[source],
+        )
+        if status == "complete":
+            return DenoiseReport(location.url, count, len(jobs), 0, status)
+        finished = done_tasks(location)
+        todo = [job for job in jobs if job.name not in finished]
         import ray
 
         shared = _Shared(ray.put(network), data.location, data.variable,
@@ -235,7 +239,7 @@ def denoise_labdct(
         computed = sum(1 for _ in run_stage(
             factory, [dataclasses.replace(job, shared=shared) for job in todo], workers=workers,
             cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if gpu else 0.0, desc="denoising frames",
-            progress=progress, on_start=on_start))
+            progress=progress, on_start=on_start, done_before=len(jobs) - len(todo), total=len(jobs)))
     finalize(location, [job.name for job in jobs])
     return DenoiseReport(location.url, count, len(jobs), computed, status)
 

@@ -57,7 +57,9 @@ from rayproc.labdct.standard_routine import (
 )
 from rayproc.pipelines.labdct_background import beamstop_mask, read_frames
 from rayproc.pipelines.labdct_segment import DEFAULT_MODEL_NAME, dl_segment, load_spot_network
+from rayproc.runtime.resources import require_cuda
 from rayproc.storage import command_line, open_dataset, provenance, resolve
+from rayproc.storage.outputs import claim_folder, make_folder
 
 METRICS_JSON, METRICS_MD, PARAMS_JSON = "metrics.json", "metrics.md", "standard_params.json"
 # Standard-routine grid; background in multiples of the residual noise (see the module notes).
@@ -240,6 +242,8 @@ def evaluate_labdct(
 
     if not 0 < tune_fraction < 1:
         raise InputError(f"tune_fraction must be in (0, 1); got {tune_fraction!r}.")
+    require_cuda(device)
+    folder = claim_folder(out, inputs=[synth, real], create=False)
     grid = dict(DEFAULT_GRID if grid is None else grid)
     location = resolve(synth, storage_options)
     ds = open_dataset(location)
@@ -290,8 +294,7 @@ def evaluate_labdct(
              "seconds": round(tuning_seconds, 3), "f1_tuning": float(table["f1"].max()),
              "target_vs_simulated_f1": reference["f1"]}
 
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     figures = [_plot_panels(frames[test], extra.get("dl"), predictions, target[test], folder / "panels_synthetic.png",
                             title="synthetic projection", first=n_tune)]
     figures.append(_plot_profiles(frames[test], extra.get("dl"), predictions, truth_test, snrs["integrated"],

@@ -29,7 +29,9 @@ from rayproc.labdct.spots import spot_table
 from rayproc.labdct.standard_routine import StandardRoutineParams, standard_routine
 from rayproc.options import look_up_option
 from rayproc.pipelines.labdct_background import beamstop_mask, read_frames
+from rayproc.runtime.resources import require_cuda
 from rayproc.storage import command_line, provenance, resolve, write_dataset
+from rayproc.storage.outputs import claim_store
 
 METHODS = ("dl", "standard")
 DEFAULT_MODEL_NAME = "labdct-default"
@@ -84,7 +86,7 @@ def load_spot_network(model=None, *, device: str = "cpu"):
     directory = Path(default_model_dir(DEFAULT_MODEL_NAME) if model is None else model)
     if not (directory / "config.json").is_file():
         raise InputError(f"no LabDCT model at {directory} (no config.json); pass --model DIR.")
-    network, info = load_model(directory, device=device)
+    network, info = load_model(directory, device=device, family="labdct")
     scale = float(info.normalisation.get("scale", DEFAULT_SCALE))
     return network, scale, {"source": str(directory), "sha256": info.sha256, "architecture": info.architecture}
 
@@ -153,6 +155,11 @@ def segment_labdct(
     """
     method = look_up_option(method, METHODS, name="method")
     routine = parse_params(params) if method == "standard" else None
+    location = resolve(out, storage_options)
+    claim_store(location, inputs=[source], overwrite=overwrite)
+    if method == "dl":
+        require_cuda(device)
+        network, scale, description = load_spot_network(model, device=device)
     frames, info = read_frames(source, storage_options=storage_options)
     beamstop = beamstop_mask(beamstop_from, frames.shape[1:])
     started = time.perf_counter()
@@ -161,7 +168,6 @@ def segment_labdct(
         labels = standard_routine(frames, routine, beamstop=beamstop)
         description = {"params": routine.to_dict()}
     else:
-        network, scale, description = load_spot_network(model, device=device)
         options = {} if threshold is None else {"threshold": threshold}
         denoised, labels = dl_segment(frames, network, scale, beamstop=beamstop, **options)
         description = {"model": description, "scale": scale, **options}
@@ -176,9 +182,10 @@ def segment_labdct(
     dataset.attrs.update(title=f"LabDCT spots of {source} ({method})", method=method)
     chunks = {name: {dims[0]: 1} for name in ("spot_label", "denoised")}
     parameters = {"source": str(source), "method": method, "beamstop_from": beamstop_from, **description}
-    write_dataset(resolve(out, storage_options), dataset, chunks=chunks,
-                  provenance_attrs=provenance(command or command_line(), parameters), overwrite=overwrite)
-    return SegmentReport(resolve(out).url, method, len(frames), dataset.sizes["spot"], seconds)
+    write_dataset(location, dataset, chunks=chunks,
+                  provenance_attrs=provenance(command or command_line(), parameters), overwrite=overwrite,
+                  inputs=[source])
+    return SegmentReport(location.url, method, len(frames), dataset.sizes["spot"], seconds)
 
 
 __all__ = ["METHODS", "SegmentReport", "dl_segment", "load_spot_network", "parse_params", "segment_labdct",

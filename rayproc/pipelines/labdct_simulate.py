@@ -24,6 +24,7 @@ from rayproc.physics.polycrystal import POLYCRYSTAL_PRESETS, Polycrystal, make_p
 from rayproc.physics.spectrum import tube_spectrum
 from rayproc.options import look_up_option
 from rayproc.runtime import ray_session, run_stage
+from rayproc.storage.outputs import claim_store
 from rayproc.storage import (
     ArraySpec, Location, append_variables, command_line, create_dataset, done_tasks, finalize,
     provenance, resolve, task_tables, write_task,
@@ -146,6 +147,7 @@ def simulate_labdct(
         step = np.copysign(360.0 / n, geom.omega_step_deg)
         geom = LabdctGeometry.from_dict({**geom.to_dict(), "n_projections": n, "omega_step_deg": step})
     location = resolve(out, storage_options)
+    claim_store(location, inputs=[geometry] if geometry and geometry.endswith(".json") else [], overwrite=overwrite)
     params = {"preset": preset, "geometry": geom.to_dict(), "seed": seed, "psf_sigma_px": psf_sigma_px,
               "background": background, "voxel_um": voxel_um}
     ny, nx = geom.detector_shape
@@ -156,7 +158,7 @@ def simulate_labdct(
         "x": xr.Variable("x", xs, {"units": "mm", "long_name": "detector z (vertical, from beam centre)"}),
     }
     frame = (1, ny, nx)
-    with ray_session(address, cpus=cpus, workers=workers):
+    with ray_session(address, cpus=cpus, workers=workers, actor_cpus=1.0):
         status = create_dataset(
             location,
             {
@@ -169,6 +171,7 @@ def simulate_labdct(
             attrs={"title": f"simulated LabDCT projections, {preset} polycrystal", "background": background},
             provenance_attrs=provenance(command or command_line(), params, seed=seed),
             overwrite=overwrite,
+            inputs=[geometry] if geometry and geometry.endswith(".json") else [],
             compression="blosc-lz4",
         )
         if status == "complete":
@@ -183,7 +186,8 @@ def simulate_labdct(
                                   {"psf_sigma_px": psf_sigma_px, "background": background})
         items = [(p, [sample_ref]) for p in todo]
         computed = sum(1 for _ in run_stage(stage, items, workers=workers, desc="projections",
-                                            progress=progress, on_start=on_start))
+                                            progress=progress, on_start=on_start, done_before=n - len(todo),
+                                            total=n))
     tasks = [task_name(p) for p in range(n)]
     tables = task_tables(location, [t for t in tasks if t in done_tasks(location)])
     table = _spot_table([tables[t] for t in tasks if t in tables])

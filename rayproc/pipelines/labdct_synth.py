@@ -55,6 +55,7 @@ from rayproc.errors import InputError
 from rayproc.labdct.synthesis import MODES, log_segmentation, synthesize_input
 from rayproc.options import look_up_option
 from rayproc.runtime import ray_session, run_stage
+from rayproc.storage.outputs import claim_store
 from rayproc.storage import (
     ArraySpec, Location, append_variables, command_line, create_dataset, done_tasks, finalize,
     open_dataset, provenance, resolve, task_tables, write_task,
@@ -250,6 +251,8 @@ def synthesize_labdct(
         raise InputError(f"--spot-gain must be a positive value or a range LOW:HIGH with 0 < LOW <= HIGH; "
                          f"got {spot_gain!r}.")
     sim_location, location = resolve(sim, storage_options), resolve(out, storage_options)
+    inputs = [sim_location] + ([] if background == PARAMETRIC else [resolve(background, storage_options)])
+    claim_store(location, inputs=inputs, overwrite=overwrite)
     source = open_dataset(sim_location)
     missing = sorted({"projection", "spot_label", "spot_projection", "spot_id", "spot_intensity",
                       "spot_area_px"} - set(source.variables))
@@ -263,7 +266,7 @@ def synthesize_labdct(
               "spot_gain": list(gain_range), "seed": seed, "pick": pick, "target": TARGET_PARAMS}
     coords = {name: source[name].variable for name in ("omega", "y", "x")}
     frame = (1, ny, nx)
-    with ray_session(address, cpus=cpus, workers=workers):
+    with ray_session(address, cpus=cpus, workers=workers, actor_cpus=1.0):
         status = create_dataset(
             location,
             {
@@ -279,6 +282,7 @@ def synthesize_labdct(
                    "tau": tau, "i0": i0},
             provenance_attrs=provenance(command or command_line(), params, seed=seed),
             overwrite=overwrite,
+            inputs=inputs,
         )
         if status == "complete":
             return SynthReport(location.url, n, 0, source.sizes["spot"], status)
@@ -292,7 +296,8 @@ def synthesize_labdct(
         stage = functools.partial(_SynthWriter, sim_location, location, seed, c_bg,
                                   {"mode": mode, "tau": tau, "i0": i0}, pick, gain_range)
         computed = sum(1 for _ in run_stage(stage, [(p, [background_ref]) for p in todo], workers=workers,
-                                            desc="synthesis", progress=progress, on_start=on_start))
+                                            desc="synthesis", progress=progress, on_start=on_start,
+                                            done_before=n - len(todo), total=n))
     tasks = [task_name(p) for p in range(n)]
     tables = task_tables(location, [t for t in tasks if t in done_tasks(location)])
     snr, peak_snr = np.full(source.sizes["spot"], np.nan), np.full(source.sizes["spot"], np.nan)

@@ -52,6 +52,7 @@ from rayproc.runtime.training import (
     InProcessSession, RayTrainSession, TrainReport, export_best, plot_curves, run_training, write_epoch,
 )
 from rayproc.storage import Location, open_dataset, resolve, with_retries
+from rayproc.storage.outputs import claim_folder
 
 DEFAULT_TILE = 128
 NORMALISATION = {
@@ -452,6 +453,7 @@ def train_labdct(
     -------
     TrainReport
     """
+    claim_folder(out, inputs=list(data), create=False)
     storage_options = dict(storage_options or {})
     train, val = list_frame_sets(data, storage_options, val_fraction=val_fraction)
     spec = LabdctTrainSpec(

@@ -10,13 +10,17 @@ import socket
 from rayproc.errors import RayprocError
 
 
-def _start(address: str | None, cpus: int | None, workers: int, dashboard: bool) -> bool:
+def _start(address: str | None, cpus: int | None, workers: int, dashboard: bool, worker_logs: bool = False) -> bool:
     import ray
 
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(include_dashboard=dashboard, logging_level=logging.WARNING, log_to_driver=True)
+    # Actors' own output (Ray's retry notices, tracebacks of errors rayproc reports in one line)
+    # stays in the Ray logs unless RAYPROC_DEBUG is set.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    debug = worker_logs or bool(os.environ.get("RAYPROC_DEBUG"))
+    kwargs = dict(include_dashboard=dashboard, logging_level=logging.WARNING, log_to_driver=debug)
     if address:
         _check_reachable(address)
         try:
@@ -46,16 +50,26 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, *, cpus: int | None = None, workers: int = 1, dashboard: bool = False):
+def ray_session(address: str | None = None, *, cpus: int | None = None, workers: int = 1, dashboard: bool = False,
+                worker_logs: bool = False, actor_cpus: float | None = None, actor_gpus: float = 0.0):
     """Use Ray inside the block: join ``address``/``RAY_ADDRESS``, or start an embedded Ray.
 
     ``dashboard`` starts the embedded Ray's dashboard (Ray Train's controller queries it).
+    ``worker_logs`` forwards the workers' output to this process (training progress); otherwise
+    it stays in Ray's log files unless ``RAYPROC_DEBUG`` is set. ``actor_cpus`` / ``actor_gpus``:
+    the resources one actor of the stage will ask for, checked against the cluster on entry
+    (:func:`rayproc.runtime.resources.require_resources`) so that an unmeetable request fails
+    before any output is created.
 
     A Ray already initialised by the caller (tests, notebooks, ``ray job submit``) is reused and
     left running; one started here is shut down on exit.
     """
-    started = _start(address, cpus, workers, dashboard)
+    started = _start(address, cpus, workers, dashboard, worker_logs)
     try:
+        if actor_cpus is not None or actor_gpus:
+            from rayproc.runtime.resources import require_resources
+
+            require_resources(cpus=1.0 if actor_cpus is None else actor_cpus, gpus=actor_gpus)
         yield
     finally:
         if started:

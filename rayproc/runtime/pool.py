@@ -29,9 +29,17 @@ class _StageActor:
 
         _limit_codec_threads(cpus)
         retain_freed_memory()
-        self._stage = factory()
+        # An error building the stage (a model or store that cannot be opened) is raised by every
+        # task, so that it reaches the driver as itself rather than as "the actor died".
+        self._stage, self._error = None, None
+        try:
+            self._stage = factory()
+        except Exception as exc:
+            self._error = exc
 
     def run(self, item):
+        if self._error is not None:
+            raise self._error
         return self._stage(item)
 
     def pid(self) -> int:
@@ -51,16 +59,28 @@ def run_stage(
     desc: str = "working",
     progress: bool = True,
     on_start: Callable[[list], None] | None = None,
+    done_before: int = 0,
+    total: int | None = None,
 ) -> Iterator[Any]:
     """Yield ``stage(item)`` for every item, computed on ``workers`` actors, in completion order.
 
-    ``on_start`` receives the actor handles (tests use it to kill one mid-job).
+    The request (``cpus_per_worker``, ``gpus_per_worker``) is checked against the cluster first
+    (:func:`rayproc.runtime.resources.require_resources`). An error a user caused inside an actor
+    (:func:`rayproc.errors.user_error`) is re-raised here as itself; Ctrl-C becomes
+    :class:`rayproc.errors.Interrupted` counting ``done_before`` plus the items finished, of
+    ``total`` (default: ``done_before`` + the items). ``on_start`` receives the actor handles
+    (tests use it to kill one mid-job).
     """
     import ray
+
+    from rayproc.errors import Interrupted, user_error
+    from rayproc.runtime.resources import require_resources
 
     items = list(items)
     if not items:
         return
+    require_resources(cpus=cpus_per_worker, gpus=gpus_per_worker)
+    total = done_before + len(items) if total is None else total
     workers = max(1, min(workers, len(items)))
     actor_cls = ray.remote(_StageActor).options(
         num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=-1
@@ -83,6 +103,7 @@ def run_stage(
         pending[actors[slot].run.remote(item)] = slot
         return True
 
+    finished = 0
     try:
         while len(pending) < limit and submit():
             pass
@@ -90,12 +111,24 @@ def run_stage(
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
             busy[pending.pop(ref)] -= 1
-            result = ray.get(ref)
+            try:
+                result = ray.get(ref)
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+                cause = user_error(exc)
+                if cause is None:
+                    raise
+                raise cause from None
+            finished += 1
             bar.update(1)
             submit()
             yield result
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted(done_before + finished, total) from None
     finally:
         bar.close()
+        if pending:  # tasks in flight would be retried (and say so) on killed actors
+            for ref in pending:
+                ray.cancel(ref, force=False)
         for actor in actors:
             ray.kill(actor, no_restart=True)
 

@@ -64,14 +64,24 @@ def run_training(spec, train_loop: Callable[[dict], None], *, record: Callable[[
 
     if workers < 0:
         raise InputError(f"--workers must be >= 0; got {workers}.")
+    from rayproc.storage.outputs import claim_folder
+
+    sources = [*getattr(spec, "volumes", ()), *getattr(spec, "val_volumes", ()), *getattr(spec, "frames", ()),
+               *getattr(spec, "val_frames", ())]
+    claim_folder(spec.out, inputs=[s.get("url") for s in sources] + [getattr(spec, "init_model", None)])
     root = resolve(storage or str(Path(spec.out) / "checkpoints"), spec.storage_options)
     run = root.child(run_name(spec.out))
     if workers == 0:
+        if spec.gpu:
+            from rayproc.runtime.resources import require_cuda
+
+            require_cuda("cuda")
         resumed = start_run(run, spec, in_process=True)
         train_loop(dataclasses.replace(spec, checkpoints=run.url).to_dict())
         with local_checkpoint(latest_checkpoint(run)) as folder:
             return export(folder, resumed, run.url)
-    with ray_session(address, cpus=cpus, workers=math.ceil(workers * spec.cpus_per_worker), dashboard=True):
+    with ray_session(address, cpus=cpus, workers=math.ceil(workers * spec.cpus_per_worker), dashboard=True,
+                     worker_logs=True):
         check_resources(spec, workers)
         resumed = start_run(run, spec, in_process=False)
         result = fit(train_loop, dataclasses.replace(spec, ray_train=True).to_dict(), name=run_name(spec.out),
@@ -154,6 +164,10 @@ def check_resources(spec, workers: int) -> None:
     """Refuse a worker group the Ray cluster cannot hold (Ray would wait for it forever)."""
     import ray
 
+    from rayproc.runtime.resources import require_resources
+
+    need = worker_resources(spec)
+    require_resources(cpus=need.get("CPU", 0), gpus=need.get("GPU", 0), what="a training worker")
     available = ray.cluster_resources()
     short = {k: v * workers for k, v in worker_resources(spec).items() if v * workers > available.get(k, 0)}
     if short:

@@ -30,14 +30,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from rayproc import __version__
 from rayproc.errors import StoreError
 from rayproc.options import look_up_option
 from rayproc.storage.location import Location, filesystem, redacted, resolve
+from rayproc.storage.outputs import (
+    INPUTS_KEY, MANIFEST_KEY, STATUS_KEY, chunk_manifest, claim_store, first_damage, fingerprints, remove_store,
+)
 
-STATUS_KEY = "rayproc_status"
 PROGRESS_DIR = "_progress"
 COMPRESSIONS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
 
@@ -91,14 +93,15 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def _codecs(compression: str):
+    """Compression, then a CRC-32C of every stored chunk: a damaged chunk fails to decode."""
     compression = look_up_option(compression, COMPRESSIONS, name="compression")
     if compression == "blosc-zstd":
-        return (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),)
+        return (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec())
     if compression == "blosc-lz4":  # sparse images (LabDCT frames): 10x faster, better ratio than bitshuffle+zstd
-        return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+        return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
     if compression == "zstd":
-        return (ZstdCodec(level=3),)
-    return ()
+        return (ZstdCodec(level=3), Crc32cCodec())
+    return (Crc32cCodec(),)
 
 
 def zarr_store(location: Location, *, read_only: bool = False):
@@ -153,29 +156,44 @@ def create_dataset(
     provenance_attrs: Mapping[str, Any] | None = None,
     compression: str = "blosc-zstd",
     overwrite: bool = False,
+    inputs: Iterable = (),
 ) -> str:
     """Create an empty dataset, or reopen an unfinished one made with the same parameters.
 
-    Returns ``"created"``, ``"resumed"`` (same parameters, incomplete) or ``"complete"``
-    (same parameters, already finished: nothing to do). A store made with other parameters, or
-    any finished store when parameters differ, is never touched unless ``overwrite``.
+    Returns ``"created"``, ``"resumed"`` (same parameters and inputs, incomplete) or
+    ``"complete"`` (same parameters, already finished and intact: nothing to do).
+
+    Only a path where nothing exists, an empty folder, or a store rayproc made is ever written
+    (:func:`rayproc.storage.outputs.claim_store`); ``overwrite`` replaces only such a store.
+    ``inputs`` (paths or URLs the output is computed from) are fingerprinted: a store made from
+    other parameters or from inputs that have changed since, or a finished store with a missing
+    or damaged chunk, is refused unless ``overwrite``.
     """
     location = resolve(location)
+    inputs = [i for i in inputs if i is not None]
+    kind = claim_store(location, inputs=inputs, overwrite=overwrite)
     prov = dict(provenance_attrs or {})
-    if _exists(location) and not overwrite:
+    prints = fingerprints(inputs, location.storage_options)
+    if kind == "rayproc" and not overwrite:
         group = _open_group(location)
         old = group.attrs.asdict()
-        same = old.get("provenance", {}).get("parameters") == prov.get("parameters")
-        if not same:
+        if old.get("provenance", {}).get("parameters") != prov.get("parameters"):
             raise StoreError(
                 f"{location.url} already holds a dataset made with other parameters; "
                 "choose another output or pass --overwrite"
             )
-        return "complete" if old.get(STATUS_KEY) == "complete" else "resumed"
-    if overwrite:
-        fs, path = filesystem(location)
-        if with_retries(lambda: fs.exists(path)):
-            with_retries(lambda: fs.rm(path, recursive=True))
+        changed = [k for k, v in prints.items() if old.get(INPUTS_KEY, {}).get(k, v) != v]
+        if changed:
+            raise StoreError(f"input {changed[0]} has changed since {location.url} was started; "
+                             "pass --overwrite to recompute it from the new input")
+        if old.get(STATUS_KEY) == "complete":
+            damage = first_damage(location, old.get(MANIFEST_KEY, {}))
+            if damage:
+                raise StoreError(f"{location.url} is marked complete but {damage}; pass --overwrite to recompute it")
+            return "complete"
+        return "resumed"
+    if kind == "rayproc":
+        with_retries(lambda: remove_store(location))
 
     coords = dict(coords or {})
     group = zarr.open_group(zarr_store(location), mode="w", zarr_format=3)
@@ -198,7 +216,7 @@ def create_dataset(
         if extra:
             attrs_here["coordinates"] = " ".join(extra)
         arr.attrs.update(attrs_here)
-    group.attrs.update({**dict(attrs or {}), "provenance": prov, STATUS_KEY: "incomplete"})
+    group.attrs.update({**dict(attrs or {}), "provenance": prov, INPUTS_KEY: prints, STATUS_KEY: "incomplete"})
     return "created"
 
 
@@ -290,8 +308,13 @@ def finalize(location: Location | str, expected_tasks: Iterable[str], **extra_at
             f"{location.url}: {len(missing)} task(s) not written (e.g. {sorted(missing)[0]}); "
             "rerun the same command to resume"
         )
+    _mark_complete(location, extra_attrs)
+
+
+def _mark_complete(location: Location, extra_attrs: Mapping[str, Any] | None = None) -> None:
+    """Record the chunks written (names and sizes) and the status in one metadata write."""
     group = _open_group(location)
-    group.attrs.update({**extra_attrs, STATUS_KEY: "complete"})
+    group.attrs.update({**dict(extra_attrs or {}), MANIFEST_KEY: chunk_manifest(location), STATUS_KEY: "complete"})
 
 
 def is_complete(location: Location | str) -> bool:
@@ -309,6 +332,10 @@ def open_dataset(location: Location | str, *, require_complete: bool = True) -> 
         raise StoreError(
             f"{location.url} is incomplete (a run was interrupted); rerun its command to resume"
         )
+    if group.attrs.get(STATUS_KEY) == "complete":
+        damage = first_damage(location, dict(group.attrs.get(MANIFEST_KEY, {})))
+        if damage:
+            raise StoreError(f"{location.url} is damaged: {damage}")
     try:
         with _quiet_progress_dir():
             return xr.open_zarr(group.store, consolidated=False, chunks=None)
@@ -324,6 +351,7 @@ def write_dataset(
     provenance_attrs: Mapping[str, Any] | None = None,
     compression: str = "blosc-zstd",
     overwrite: bool = False,
+    inputs: Iterable = (),
 ) -> None:
     """Write an in-memory Dataset in one go and mark it complete (small datasets, ingest)."""
     location = resolve(location)
@@ -340,14 +368,14 @@ def write_dataset(
     coords = {name: c.variable for name, c in dataset.coords.items()}
     status = create_dataset(
         location, arrays, coords=coords, attrs=dataset.attrs,
-        provenance_attrs=provenance_attrs, compression=compression, overwrite=overwrite,
+        provenance_attrs=provenance_attrs, compression=compression, overwrite=overwrite, inputs=inputs,
     )
     if status == "complete":
         return
     group = _open_group(location)
     for name, var in dataset.data_vars.items():
         with_retries(lambda: group[name].__setitem__(Ellipsis, var.values))
-    group.attrs[STATUS_KEY] = "complete"
+    _mark_complete(location)
 
 
 def _chunks_for(var: xr.Variable, chunks: Mapping[str, int] | None) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ from rayproc.errors import InputError
 
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")
 _REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "memory://")
+SUPPORTED_SCHEMES = ("s3", "memory")  # object stores rayproc installs the filesystem for
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,12 @@ def resolve(url: str | Location, storage_options: dict[str, Any] | None = None) 
     if isinstance(url, Location):
         return url
     url = str(url)
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme.isidentifier() and scheme != "file" and scheme not in SUPPORTED_SCHEMES:
+        raise InputError(f"{url}: {scheme}:// is not supported; use a local path or s3:// "
+                         "(S3-compatible object stores via --storage-option endpoint_url=...)")
+    if scheme == "file" and sep:
+        url = url[len("file://"):]
     options = dict(storage_options or {})
     if url.startswith("s3://"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
