@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from rayproc.bcdi.metrics import gap_pcc
-from rayproc.bcdi.portion_dataset import PortionDataset, list_volumes
+from rayproc.pipelines.bcdi.portion_data import PortionDataset, list_volumes
 from rayproc.bcdi.portions import NormStats, denormalise_portion
 from rayproc.models.artifact import default_model_dir, load_model
-from rayproc.models.bcdi_unet import line_fill, pull_push_fill
+from rayproc.bcdi.network import line_fill, pull_push_fill
 
 WIDTHS = (3, 6, 9, 12)
 

@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 def inpaint(src: str, out: str, workers: int, chunk: int, network, size: int):
     """Run the pipeline; return (seconds since the actors were up, report)."""
-    from rayproc.pipelines.bcdi_inpaint import inpaint_bcdi
+    from rayproc.pipelines.bcdi.inpaint import inpaint_bcdi
 
     started = {}
 
@@ -51,9 +51,9 @@ def main() -> None:
     import torch
     import xarray as xr
 
-    from rayproc.models.bcdi_unet import build_bcdi_net
-    from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
-    from rayproc.pipelines.bcdi_simulate import simulate_bcdi
+    from rayproc.bcdi.network import build_bcdi_net
+    from rayproc.bcdi.diffraction import simulate_bcdi_sample
+    from rayproc.pipelines.bcdi.simulate import simulate_bcdi
     from rayproc.storage import write_dataset
 
     torch.manual_seed(0)

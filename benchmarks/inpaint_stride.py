@@ -37,7 +37,7 @@ def main() -> None:
         DEFAULT_BLEND, DEFAULT_STRIDE, PUBLISHED_BLEND, PUBLISHED_STRIDE, inpaint_volume, plan_windows,
     )
     from rayproc.bcdi.metrics import gap_pcc
-    from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
+    from rayproc.bcdi.diffraction import simulate_bcdi_sample
 
     torch.set_num_threads(args.threads)
     network, name = _model(args.model)
@@ -77,8 +77,8 @@ def _model(directory):
     import torch
 
     from rayproc.models.artifact import CONFIG_FILE, default_model_dir
-    from rayproc.models.bcdi_unet import build_bcdi_net
-    from rayproc.pipelines.bcdi_inpaint import load_inpainting_model
+    from rayproc.bcdi.network import build_bcdi_net
+    from rayproc.pipelines.bcdi.inpaint import load_inpainting_model
 
     if directory is None and not (default_model_dir() / CONFIG_FILE).is_file():
         torch.manual_seed(0)

@@ -60,9 +60,9 @@ def main() -> None:
     from monai.inferers import sliding_window_inference
 
     from rayproc.bcdi.gaps import gaps_to_mask
-    from rayproc.models.bcdi_unet import build_bcdi_net
-    from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
-    from rayproc.pipelines.bcdi_inpaint import load_inpainting_model
+    from rayproc.bcdi.network import build_bcdi_net
+    from rayproc.bcdi.diffraction import simulate_bcdi_sample
+    from rayproc.pipelines.bcdi.inpaint import load_inpainting_model
     from rayproc.stitching import grid_windows, sliding_window_predict, windows_holding
 
     torch.set_num_threads(args.threads)

@@ -37,7 +37,7 @@ def spot_frames(count: int, size: int, seed: int = 0):
 
 def denoise(src: str, out: str, workers: int, model, tile: int) -> float:
     """Run the pipeline; return the seconds since the actors were up."""
-    from rayproc.pipelines.labdct_denoise import denoise_labdct
+    from rayproc.pipelines.labdct.denoise import denoise_labdct
 
     started = {}
 
@@ -63,7 +63,7 @@ def main() -> None:
     import xarray as xr
 
     from rayproc.models.artifact import CONFIG_FILE, default_model_dir
-    from rayproc.models.labdct_unet import build_labdct_net
+    from rayproc.labdct.network import build_labdct_net
     from rayproc.storage import write_dataset
 
     shipped = default_model_dir("labdct-default")

@@ -21,10 +21,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def single_core(n: int) -> tuple[float, float]:
-    from rayproc.physics.crystallography import reflection_set
-    from rayproc.physics.labdct_geometry import GEOMETRY_PRESETS
-    from rayproc.physics.labdct_projection import simulate_projection
-    from rayproc.physics.polycrystal import make_polycrystal
+    from rayproc.labdct.crystallography import reflection_set
+    from rayproc.labdct.geometry import GEOMETRY_PRESETS
+    from rayproc.labdct.projection import simulate_projection
+    from rayproc.labdct.polycrystal import make_polycrystal
 
     geom = GEOMETRY_PRESETS["laue_focusing"]
     sample = make_polycrystal("D35", np.random.default_rng(0))
@@ -38,7 +38,7 @@ def single_core(n: int) -> tuple[float, float]:
 
 
 def with_workers(workers: int, n: int, root: str, tag: str) -> float:
-    from rayproc.pipelines.labdct_simulate import simulate_labdct
+    from rayproc.pipelines.labdct.simulate import simulate_labdct
 
     started = {}
 

@@ -18,7 +18,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def run(workers: int, count: int, size: int, root: str) -> float:
-    from rayproc.pipelines.bcdi_simulate import simulate_bcdi
+    from rayproc.pipelines.bcdi.simulate import simulate_bcdi
 
     started = {}
 

@@ -3,13 +3,13 @@
     python benchmarks/train_throughput.py [--volumes 8] [--size 64] [--portions 32] [--epochs 2]
 
 1. One process, one torch thread: the same network trained on the same portions in the same
-   order, once read through :class:`rayproc.bcdi.portion_dataset.PortionDataset` from a zarr
+   order, once read through :class:`rayproc.pipelines.bcdi.portion_data.PortionDataset` from a zarr
    store (cold cache at the start) and once from tensors prepared in memory beforehand. Target:
    zarr >= 95 % of memory. Runs alternate and the best of each is kept (shared machines).
 2. Ray Train with 1 and with 2 workers (1 CPU each): training portions/s over all workers
    (epoch time, startup excluded), as ``rayproc bcdi train`` logs it.
 
-The volumes come from the BCDI simulator (:mod:`rayproc.physics.bcdi_diffraction`).
+The volumes come from the BCDI simulator (:mod:`rayproc.bcdi.diffraction`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader, Dataset
 
-from rayproc.bcdi.portion_dataset import PortionDataset, list_volumes
+from rayproc.pipelines.bcdi.portion_data import PortionDataset, list_volumes
 from rayproc.runtime.epochs import EpochSampler
-from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
-from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
-from rayproc.pipelines.bcdi_train import Precision, read_history, train_bcdi, train_one_epoch
+from rayproc.bcdi.network import BcdiNetConfig, build_bcdi_net
+from rayproc.bcdi.diffraction import simulate_bcdi_sample
+from rayproc.pipelines.bcdi.train import Precision, read_history, train_bcdi, train_one_epoch
 from rayproc.runtime import ray_session
 from rayproc.storage import write_dataset
 

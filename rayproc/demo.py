@@ -43,7 +43,7 @@ def central_slices_figure(volumes: dict[str, np.ndarray], path: Path) -> None:
 
 
 def main(out: str = "demo-out") -> None:
-    from rayproc.pipelines.bcdi_simulate import simulate_bcdi
+    from rayproc.pipelines.bcdi.simulate import simulate_bcdi
     from rayproc.pipelines.ingest import ingest
     from rayproc.storage import open_dataset
 

@@ -214,7 +214,7 @@ def workspace(tmp_path_factory, ray_local):
     """
     import tifffile
 
-    from rayproc.pipelines.bcdi_inpaint import inpaint_bcdi
+    from rayproc.pipelines.bcdi.inpaint import inpaint_bcdi
     from rayproc.pipelines.ingest import ingest
 
     root = tmp_path_factory.mktemp("bad-use")

@@ -14,10 +14,10 @@ from rayproc.bcdi.metrics import gap_pcc, relative_error
 from rayproc.bcdi.realspace import object_from_amplitude, phase_std, support
 from rayproc.cli import main as cli_main
 from rayproc.errors import InputError
-from rayproc.models.bcdi_unet import build_bcdi_net
-from rayproc.physics.bcdi_crystal import CrystalParams, crystal_object
-from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
-from rayproc.pipelines.bcdi_evaluate import evaluate_bcdi, score_methods
+from rayproc.bcdi.network import build_bcdi_net
+from rayproc.bcdi.crystal import CrystalParams, crystal_object
+from rayproc.bcdi.diffraction import simulate_bcdi_sample
+from rayproc.pipelines.bcdi.evaluate import evaluate_bcdi, score_methods
 
 SHAPE = (20, 30, 40)
 

@@ -13,9 +13,9 @@ from rayproc.bcdi.inpaint import DEFAULT_BLEND, inpaint_volume, plan_windows, pr
 from rayproc.cli import main as cli_main
 from rayproc.errors import InputError
 from rayproc.models.artifact import save_model
-from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
-from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
-from rayproc.pipelines.bcdi_inpaint import inpaint_bcdi
+from rayproc.bcdi.network import BcdiNetConfig, build_bcdi_net
+from rayproc.bcdi.diffraction import simulate_bcdi_sample
+from rayproc.pipelines.bcdi.inpaint import inpaint_bcdi
 from rayproc.stitching import importance_map
 from tests.interrupt import interrupt_cli_run
 

@@ -8,7 +8,7 @@ from torch import nn
 from rayproc.bcdi.baselines import interpolate_gaps
 from rayproc.bcdi.gaps import GapSpec, gap_mask, random_gap
 from rayproc.errors import InputError
-from rayproc.models.bcdi_unet import (
+from rayproc.bcdi.network import (
     BcdiNetConfig,
     build_bcdi_net,
     count_parameters,
@@ -149,7 +149,7 @@ def test_line_fill_matches_the_linear_baseline_across_plane_gaps():
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_running_extremum_equals_cumulative_scan(reverse):
-    from rayproc.models.bcdi_unet import _running
+    from rayproc.bcdi.network import _running
 
     values = torch.from_numpy(np.random.default_rng(4).integers(-5, 50, (3, 2, 7, 33, 4))).to(torch.int32)
     for axis in range(values.dim()):

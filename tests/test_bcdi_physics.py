@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from rayproc.errors import InputError
-from rayproc.physics.bcdi_crystal import (
+from rayproc.bcdi.crystal import (
     SHAPE_KINDS,
     CrystalParams,
     crystal_object,
     random_crystal_params,
 )
-from rayproc.physics.bcdi_diffraction import (
+from rayproc.bcdi.diffraction import (
     BcdiSampleParams,
     detector_counts,
     diffraction_intensity,

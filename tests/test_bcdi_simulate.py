@@ -7,8 +7,8 @@ import pytest
 
 from rayproc import storage
 from rayproc.cli import main as cli_main
-from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
-from rayproc.pipelines.bcdi_simulate import simulate_bcdi
+from rayproc.bcdi.diffraction import simulate_bcdi_sample
+from rayproc.pipelines.bcdi.simulate import simulate_bcdi
 from tests.interrupt import interrupt_cli_run
 
 SIZE = 32

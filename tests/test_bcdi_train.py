@@ -10,13 +10,13 @@ import torch
 import xarray as xr
 
 from rayproc.bcdi.gaps import gaps_to_mask
-from rayproc.bcdi.portion_dataset import PortionDataset, VolumeCache, list_volumes
+from rayproc.pipelines.bcdi.portion_data import PortionDataset, VolumeCache, list_volumes
 from rayproc.runtime.epochs import EpochSampler
 from rayproc.cli import main as cli_main
 from rayproc.errors import InputError, RayprocError
 from rayproc.models.artifact import file_sha256, load_model, read_model_info, register_family, save_model
-from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net, count_parameters, flops_per_portion
-from rayproc.pipelines.bcdi_train import (
+from rayproc.bcdi.network import BcdiNetConfig, build_bcdi_net, count_parameters, flops_per_portion
+from rayproc.pipelines.bcdi.train import (
     Precision, TrainSpec, datasets_for, evaluate, finetune_bcdi, read_history, run_name, train_bcdi,
 )
 from rayproc.storage import write_dataset
@@ -151,7 +151,7 @@ def test_in_process_training_loss_falls_and_resumes(sim_store, tmp_path):
 
 
 def test_learning_rate_defaults_to_the_architecture(sim_store, tmp_path, monkeypatch):
-    import rayproc.pipelines.bcdi_train as bcdi_train
+    import rayproc.pipelines.bcdi.train as bcdi_train
 
     seen = []
     monkeypatch.setattr(bcdi_train, "_run", lambda spec, **_: seen.append((spec.arch["arch"], spec.lr)))

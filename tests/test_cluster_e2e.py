@@ -26,7 +26,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from rayproc import storage
 from rayproc.bcdi.gaps import gaps_to_mask
-from rayproc.physics.bcdi_diffraction import simulate_bcdi_sample
+from rayproc.bcdi.diffraction import simulate_bcdi_sample
 
 pytestmark = pytest.mark.slow
 
@@ -194,7 +194,7 @@ def tiny_model(tmp_path_factory):
     import torch
 
     from rayproc.models.artifact import save_model
-    from rayproc.models.bcdi_unet import build_bcdi_net
+    from rayproc.bcdi.network import build_bcdi_net
 
     torch.manual_seed(0)
     net = build_bcdi_net({"arch": "gapnet", "base_channels": 4, "depth": 2})

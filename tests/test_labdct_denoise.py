@@ -18,10 +18,10 @@ from rayproc.labdct.denoise import (
     denoise_frames, dl_spot_labels, normalise_frames, plan_tiles, predict_tiles,
 )
 from rayproc.models.artifact import load_model, save_model
-from rayproc.models.labdct_unet import LabdctNetConfig, build_labdct_net
-from rayproc.pipelines.bcdi_train import read_history
-from rayproc.pipelines.labdct_denoise import denoise_labdct, task_name
-from rayproc.pipelines.labdct_train import FrameCache, TileDataset, list_frame_sets, train_labdct
+from rayproc.labdct.network import LabdctNetConfig, build_labdct_net
+from rayproc.pipelines.bcdi.train import read_history
+from rayproc.pipelines.labdct.denoise import denoise_labdct, task_name
+from rayproc.pipelines.labdct.train import FrameCache, TileDataset, list_frame_sets, train_labdct
 from rayproc.stitching import grid_windows, window_coverage
 from rayproc.storage import open_dataset, resolve, write_dataset
 

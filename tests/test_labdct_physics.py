@@ -10,23 +10,23 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from rayproc.errors import InputError
-from rayproc.physics.bragg import HC_KEV_ANGSTROM, diffraction_events
-from rayproc.physics.crystallography import (
+from rayproc.labdct.bragg import HC_KEV_ANGSTROM, diffraction_events
+from rayproc.labdct.crystallography import (
     is_allowed,
     reflection_set,
     structure_factor,
     symmetric_variants,
 )
-from rayproc.physics.labdct_geometry import (
+from rayproc.labdct.geometry import (
     FE_FARFIELD_JSON,
     GEOMETRY_PRESETS,
     LabdctGeometry,
     geometry_from_json,
     rotation_z,
 )
-from rayproc.physics import labdct_projection
-from rayproc.physics.labdct_projection import SPOT_TABLE_KEYS, cylinder_exit_distance, simulate_projection
-from rayproc.physics.polycrystal import (
+from rayproc.labdct import projection as labdct_projection
+from rayproc.labdct.projection import SPOT_TABLE_KEYS, cylinder_exit_distance, simulate_projection
+from rayproc.labdct.polycrystal import (
     Polycrystal,
     cylinder_voxels,
     make_polycrystal,
@@ -34,7 +34,7 @@ from rayproc.physics.polycrystal import (
     random_orientations,
     read_grain_map,
 )
-from rayproc.physics.spectrum import tube_spectrum
+from rayproc.labdct.spectrum import tube_spectrum
 
 FE_JSON = Path("/work/shared/data/labdct-fe-farfield/geometry.json")
 

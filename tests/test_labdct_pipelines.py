@@ -15,12 +15,12 @@ from rayproc.cli import main as cli_main
 from rayproc.labdct.background import parametric_background
 from rayproc.labdct.spots import label_spots, match_spots
 from rayproc.labdct.synthesis import log_segmentation
-from rayproc.pipelines.labdct_background import extract_background_store
-from rayproc.pipelines.labdct_evaluate import SPOT_COLUMNS, evaluate_labdct, mean_snr, truth_snr
-from rayproc.pipelines.labdct_segment import parse_params, segment_labdct
-from rayproc.pipelines.labdct_simulate import simulate_labdct
-from rayproc.pipelines.labdct_calibrate import calibrate_labdct
-from rayproc.pipelines.labdct_synth import fit_background, projection_gain, synthesize_labdct, task_name
+from rayproc.pipelines.labdct.background import extract_background_store
+from rayproc.pipelines.labdct.evaluate import SPOT_COLUMNS, evaluate_labdct, mean_snr, truth_snr
+from rayproc.pipelines.labdct.segment import parse_params, segment_labdct
+from rayproc.pipelines.labdct.simulate import simulate_labdct
+from rayproc.pipelines.labdct.calibrate import calibrate_labdct
+from rayproc.pipelines.labdct.synth import fit_background, projection_gain, synthesize_labdct, task_name
 
 SIM = dict(preset="D18", geometry="fe_farfield", projections=4, binning=8, seed=3, progress=False)
 TAU, I0 = 2.0, 110.0
@@ -31,7 +31,7 @@ BEAMSTOP = (slice(40, 56), slice(40, 56))
 def _tiny_net():
     import torch
 
-    from rayproc.models.labdct_unet import LabdctNetConfig, build_labdct_net
+    from rayproc.labdct.network import LabdctNetConfig, build_labdct_net
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -230,7 +230,7 @@ def test_segment_dl_stores_probability_and_labels(stores, tmp_path):
 
 
 def test_mean_snr_of_a_flat_spot_is_its_pixel_snr():
-    from rayproc.pipelines.labdct_synth import spot_snr
+    from rayproc.pipelines.labdct.synth import spot_snr
 
     area, per_pixel, level = np.array([1, 9, 40, 0]), 3.0, 0.4
     integrated = spot_snr(per_pixel * area, area, level, tau=1.0, i0=110.0)

@@ -7,7 +7,7 @@ import pytest
 
 from rayproc import storage
 from rayproc.cli import main as cli_main
-from rayproc.pipelines.labdct_simulate import simulate_labdct, task_name
+from rayproc.pipelines.labdct.simulate import simulate_labdct, task_name
 
 ARGS = dict(preset="D18", geometry="fe_farfield", projections=4, binning=8, seed=3, progress=False)
 

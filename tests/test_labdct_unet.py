@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from rayproc.errors import InputError
-from rayproc.models.labdct_unet import (
+from rayproc.labdct.network import (
     BasicBlock,
     FeatureNet,
     LabdctNetConfig,

@@ -5,7 +5,7 @@ The volume is cut into 32^3 portions slid along its missing voxels
 measured voxels, inpainted by the model and put back on the count scale
 (:func:`predict_portions`); overlapping predictions are blended, and measured voxels are kept
 as they are (:func:`composite`). The distributed pipeline
-(:mod:`rayproc.pipelines.bcdi_inpaint`) runs the same three functions chunk by chunk.
+(:mod:`rayproc.pipelines.bcdi.inpaint`) runs the same three functions chunk by chunk.
 
 References
 ----------
@@ -34,7 +34,7 @@ PORTION = 32
 DEFAULT_STRIDE = 8
 DEFAULT_BLEND = "mean"
 DEFAULT_BATCH_SIZE = 8
-DEFAULT_CHUNK = 128  # output chunk edge of the distributed run (rayproc.pipelines.bcdi_inpaint)
+DEFAULT_CHUNK = 128  # output chunk edge of the distributed run (rayproc.pipelines.bcdi.inpaint)
 PUBLISHED_STRIDE, PUBLISHED_BLEND = 1, "mean"
 
 
@@ -46,7 +46,7 @@ def predict_portions(model, portions, mask, *, batch_size: int = DEFAULT_BATCH_S
     model : torch.nn.Module
         Called as ``model(x, mask)`` on (b, 1, *portion) float32 tensors (``x`` in [0, 1],
         ``mask`` 1 on missing voxels), returning the inpainted ``x`` of the same shape; see
-        :func:`rayproc.models.bcdi_unet.build_bcdi_net`. Runs on the device of its parameters.
+        :func:`rayproc.bcdi.network.build_bcdi_net`. Runs on the device of its parameters.
     portions : ndarray, shape (B, *portion)
         Intensities in counts; values on missing voxels are ignored (NaN allowed).
     mask : ndarray of bool, shape (B, *portion)
@@ -226,7 +226,7 @@ def inpaint_volume(
 
     Examples
     --------
-    >>> from rayproc.models.bcdi_unet import build_bcdi_net
+    >>> from rayproc.bcdi.network import build_bcdi_net
     >>> volume = np.full((32, 32, 40), 9.0, np.float32)
     >>> mask = np.zeros(volume.shape, bool); mask[:, :, 18:22] = True
     >>> net = build_bcdi_net({"arch": "gapnet", "base_channels": 4, "depth": 2}).eval()

@@ -26,7 +26,7 @@ def simulate(
     progress: Progress = True,
 ):
     """Simulate BCDI diffraction volumes (faceted crystals, strain phase, noise) into a zarr store."""
-    from rayproc.pipelines.bcdi_simulate import simulate_bcdi
+    from rayproc.pipelines.bcdi.simulate import simulate_bcdi
     from rayproc.storage import parse_storage_options
 
     report = simulate_bcdi(out, count=count, size=size, seed=seed, workers=workers, address=address, cpus=cpus,
@@ -81,7 +81,7 @@ def train(
     progress: Progress = True,
 ):
     """Train the gap-inpainting network on Ray Train (Masto et al. 2024 recipe); write MODEL_DIR."""
-    from rayproc.pipelines.bcdi_train import train_bcdi
+    from rayproc.pipelines.bcdi.train import train_bcdi
     from rayproc.storage import parse_storage_options
 
     _echo_training(train_bcdi(
@@ -112,7 +112,7 @@ def finetune(
     progress: Progress = True,
 ):
     """Fine-tune a model on its target, on portions away from the target's gaps (artificial gaps there)."""
-    from rayproc.pipelines.bcdi_train import finetune_bcdi
+    from rayproc.pipelines.bcdi.train import finetune_bcdi
     from rayproc.storage import parse_storage_options
 
     _echo_training(finetune_bcdi(
@@ -129,7 +129,7 @@ def model_info(
     """Describe a model: architecture, parameter count, FLOPs per 32^3 portion, training metrics."""
     from rayproc.errors import RayprocError
     from rayproc.models.artifact import CONFIG_FILE, default_model_dir, load_model
-    from rayproc.models.bcdi_unet import count_parameters, flops_per_portion
+    from rayproc.bcdi.network import count_parameters, flops_per_portion
 
     directory = model or default_model_dir()
     if model is None and not (directory / CONFIG_FILE).is_file():
@@ -187,7 +187,7 @@ def inpaint(
     progress: Progress = True,
 ):
     """Inpaint detector gaps with the portion model, chunk by chunk on Ray actors (resumable)."""
-    from rayproc.pipelines.bcdi_inpaint import inpaint_bcdi
+    from rayproc.pipelines.bcdi.inpaint import inpaint_bcdi
     from rayproc.storage import parse_storage_options
 
     report = inpaint_bcdi(src, out, mask=mask, gaps=tuple(gap or ()), model=model, stride=stride, blend=blend,
@@ -219,7 +219,7 @@ def evaluate(
     """Impose gaps on a gap-free volume; score the model and nearest/linear/cubic interpolation inside them."""
     from pathlib import Path
 
-    from rayproc.pipelines.bcdi_evaluate import evaluate_bcdi
+    from rayproc.pipelines.bcdi.evaluate import evaluate_bcdi
     from rayproc.storage import parse_storage_options
 
     report = evaluate_bcdi(volume, out, gaps=tuple(gap or ()), model=model, stride=stride, blend=blend,

@@ -32,7 +32,7 @@ def simulate(
     progress: Progress = True,
 ):
     """Simulate LabDCT projections (spots, labels and spot table) of a virtual polycrystal."""
-    from rayproc.pipelines.labdct_simulate import simulate_labdct
+    from rayproc.pipelines.labdct.simulate import simulate_labdct
     from rayproc.storage import parse_storage_options
 
     report = simulate_labdct(out, preset=preset, geometry=geometry, projections=projections, binning=binning,
@@ -57,7 +57,7 @@ def background(
     overwrite: Overwrite = False,
 ):
     """Extract background images (spots masked and filled, rolling median, max 1) from real frames."""
-    from rayproc.pipelines.labdct_background import extract_background_store
+    from rayproc.pipelines.labdct.background import extract_background_store
     from rayproc.storage import parse_storage_options
 
     report = extract_background_store(frames, out, rolling=rolling, beamstop_from=beamstop_from,
@@ -97,7 +97,7 @@ def synth(
     progress: Progress = True,
 ):
     """Synthesise noisy inputs and LoG-segmented targets from simulated projections and backgrounds."""
-    from rayproc.pipelines.labdct_synth import synthesize_labdct
+    from rayproc.pipelines.labdct.synth import synthesize_labdct
     from rayproc.storage import parse_storage_options
 
     report = synthesize_labdct(sim, bg, out, mode=mode, tau=tau, i0=i0, spot_gain=_gain(spot_gain), seed=seed,
@@ -133,7 +133,7 @@ def calibrate(
     import json
     from pathlib import Path
 
-    from rayproc.pipelines.labdct_calibrate import calibrate_labdct
+    from rayproc.pipelines.labdct.calibrate import calibrate_labdct
     from rayproc.storage import parse_storage_options
 
     report = calibrate_labdct(sim, bg, real, i0=i0, tau=tau, seed=seed, frames=frames, real_frames=real_frames,
@@ -161,7 +161,7 @@ def segment(
     overwrite: Overwrite = False,
 ):
     """Segment the diffraction spots of raw frames with the network or the standard routine."""
-    from rayproc.pipelines.labdct_segment import segment_labdct
+    from rayproc.pipelines.labdct.segment import segment_labdct
     from rayproc.storage import parse_storage_options
 
     report = segment_labdct(source, out, method=method, model=model, params=params, beamstop_from=beamstop_from,
@@ -195,7 +195,7 @@ def evaluate(
     from pathlib import Path
 
     from rayproc.errors import InputError
-    from rayproc.pipelines.labdct_evaluate import evaluate_labdct
+    from rayproc.pipelines.labdct.evaluate import evaluate_labdct
     from rayproc.storage import parse_storage_options
 
     try:
@@ -260,7 +260,7 @@ def train(
     progress: Progress = True,
 ):
     """Train the spot-denoising network on Ray Train (Fang et al. recipe); write MODEL_DIR."""
-    from rayproc.pipelines.labdct_train import train_labdct
+    from rayproc.pipelines.labdct.train import train_labdct
     from rayproc.storage import parse_storage_options
 
     report = train_labdct(
@@ -297,7 +297,7 @@ def denoise(
     progress: Progress = True,
 ):
     """Denoise frames with the spot network, slabs of frames on Ray actors (resumable)."""
-    from rayproc.pipelines.labdct_denoise import denoise_labdct
+    from rayproc.pipelines.labdct.denoise import denoise_labdct
     from rayproc.storage import parse_storage_options
 
     report = denoise_labdct(src, out, model=model, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size,

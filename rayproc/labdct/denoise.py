@@ -15,7 +15,7 @@ its spot segmentation (spots 1, background 0). Here a frame is
 
 Frames are independent: :func:`denoise_frames` of a slab of frames equals the same frames of
 the whole-stack result bit for bit, which the distributed pipeline
-(:mod:`rayproc.pipelines.labdct_denoise`) relies on.
+(:mod:`rayproc.pipelines.labdct.denoise`) relies on.
 
 References
 ----------
@@ -35,7 +35,7 @@ import numpy as np
 
 from rayproc.errors import InputError
 from rayproc.labdct.spots import label_spots
-from rayproc.models.labdct_unet import build_labdct_net
+from rayproc.labdct.network import build_labdct_net
 from rayproc.options import look_up_option
 from rayproc.stitching import BLEND_MODES, grid_windows, sliding_window_predict
 
@@ -117,7 +117,7 @@ def plan_tiles(frame_shape, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_
         Pixels shared by neighbouring tiles, in ``[0, tile)``.
     divisor : int, optional
         The network needs tile edges that are multiples of this
-        (:attr:`rayproc.models.labdct_unet.LabdctNetConfig.divisor`).
+        (:attr:`rayproc.labdct.network.LabdctNetConfig.divisor`).
 
     Returns
     -------
@@ -150,7 +150,7 @@ def predict_tiles(model, tiles, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.n
     ----------
     model : torch.nn.Module
         ``model(x)``: (b, 1, h, w) -> (b, 1, h, w) (see
-        :func:`rayproc.models.labdct_unet.build_labdct_net`); runs on the device of its
+        :func:`rayproc.labdct.network.build_labdct_net`); runs on the device of its
         parameters.
     tiles : ndarray, shape (B, ..., h, w)
         Normalised tiles (see :func:`normalise_frames`); leading singleton axes (the frame

@@ -15,7 +15,7 @@ written by older versions of the format are migrated on load (see ``_MIGRATIONS`
 are refused with a message saying so.
 
 A *family* names the task and selects the builder (``"bcdi"``: the BCDI gap-inpainting nets
-of :mod:`rayproc.models.bcdi_unet`). Other families call :func:`register_family` or add a
+of :mod:`rayproc.bcdi.network`). Other families call :func:`register_family` or add a
 line to ``_BUILTIN_FAMILIES``.
 """
 
@@ -47,8 +47,8 @@ DEFAULT_MODEL = "bcdi-default"
 
 # family -> (module, function) of a builder ``f(architecture: dict) -> nn.Module``, imported on use.
 _BUILTIN_FAMILIES = {
-    "bcdi": ("rayproc.models.bcdi_unet", "build_bcdi_net"),
-    "labdct": ("rayproc.models.labdct_unet", "build_labdct_net"),
+    "bcdi": ("rayproc.bcdi.network", "build_bcdi_net"),
+    "labdct": ("rayproc.labdct.network", "build_labdct_net"),
 }
 _REGISTERED: dict[str, Callable[[dict], nn.Module]] = {}
 

@@ -29,7 +29,7 @@ class EpochSampler(DistributedSampler):
     """A DistributedSampler whose indices carry the epoch: ``i + epoch * len(dataset)``.
 
     A dataset that draws its items from ``(seed, epoch, i)`` (e.g.
-    :class:`rayproc.bcdi.portion_dataset.PortionDataset`) then yields new portions and gaps
+    :class:`rayproc.pipelines.bcdi.portion_data.PortionDataset`) then yields new portions and gaps
     every epoch (after ``set_epoch``), even in loader worker processes that persist across epochs.
     """
 

@@ -1,6 +1,6 @@
 """Ray Train shell shared by the training pipelines: the driver, sessions, checkpoints, epoch logs.
 
-The pipelines (``rayproc.pipelines.bcdi_train``, ``labdct_train``) own their spec, data, model
+The pipelines (``rayproc.pipelines.bcdi.train``, ``labdct_train``) own their spec, data, model
 and loss/metric steps (a plain ``train_loop(config)`` around
 :func:`rayproc.runtime.epochs.run_epochs`, the epoch loop they share). This module runs such a
 loop (:func:`run_training`): in this process (``workers=0``; :class:`InProcessSession` copies

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rayproc.errors import InputError
-from rayproc.physics.crystallography import Material, get_material
+from rayproc.labdct.crystallography import Material, get_material
 from rayproc.options import look_up_option
 
 

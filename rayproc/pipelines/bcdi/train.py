@@ -41,11 +41,11 @@ import torch
 
 from rayproc.bcdi.gaps import GAP_KINDS, gaps_to_mask
 from rayproc.bcdi.metrics import gap_pcc
-from rayproc.bcdi.portion_dataset import PortionDataset, VolumeCache, VolumeRef, list_volumes
+from rayproc.pipelines.bcdi.portion_data import PortionDataset, VolumeCache, VolumeRef, list_volumes
 from rayproc.bcdi.portions import NormStats, denormalise_portion
 from rayproc.errors import InputError
 from rayproc.models.artifact import load_model
-from rayproc.models.bcdi_unet import BcdiNetConfig, build_bcdi_net
+from rayproc.bcdi.network import BcdiNetConfig, build_bcdi_net
 from rayproc.models.losses import inpainting_loss
 from rayproc.runtime.epochs import Precision, run_epochs, start_worker, sum_across_workers
 from rayproc.storage.outputs import claim_folder
@@ -340,7 +340,7 @@ def train_bcdi(
     storage : str, optional
         Checkpoint storage (local folder or ``s3://``); default ``out/checkpoints``.
     arch, base_channels, depth : optional
-        Network (see :class:`rayproc.models.bcdi_unet.BcdiNetConfig`).
+        Network (see :class:`rayproc.bcdi.network.BcdiNetConfig`).
     portions_per_volume : int, optional
         Training portions drawn from each volume per epoch (fresh draws every epoch).
     batch_size, lr, seed : optional

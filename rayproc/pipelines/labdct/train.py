@@ -1,6 +1,6 @@
 """``rayproc labdct train``: train the LabDCT spot-denoising network with Ray Train.
 
-The same shell as :mod:`rayproc.pipelines.bcdi_train` (:mod:`rayproc.runtime.training`: the
+The same shell as :mod:`rayproc.pipelines.bcdi.train` (:mod:`rayproc.runtime.training`: the
 driver, sessions, checkpoints, run claiming and resuming) and the same epoch loop
 (:func:`rayproc.runtime.epochs.run_epochs`):
 
@@ -18,7 +18,7 @@ Training follows Fang et al. [1]_: random tiles of synthetic frames (``input``, 
 forward-simulated projections [2]_ laid on backgrounds extracted from real frames, plus
 Poisson noise) and their spot segmentations (``target``, 255 on spots), as written by
 ``rayproc labdct synth``; inputs normalised by :func:`rayproc.labdct.denoise.normalise_frames`,
-targets scaled to {0, 1}; the loss is :func:`rayproc.models.labdct_unet.feature_loss` (pixel
+targets scaled to {0, 1}; the loss is :func:`rayproc.labdct.network.feature_loss` (pixel
 MAE + 1 - SSIM, or pixel + feature + Gram terms with a VGG16-BN weights file).
 
 References
@@ -46,7 +46,7 @@ from torch.utils.data import Dataset
 from rayproc.errors import InputError
 from rayproc.labdct.denoise import DEFAULT_SCALE, FAMILY, dl_spot_labels, normalise_frames
 from rayproc.labdct.spots import label_spots, match_spots
-from rayproc.models.labdct_unet import LabdctNetConfig, build_labdct_net, feature_loss, load_feature_net
+from rayproc.labdct.network import LabdctNetConfig, build_labdct_net, feature_loss, load_feature_net
 from rayproc.runtime.epochs import Precision, run_epochs, start_worker, sum_across_workers
 from rayproc.runtime.training import (
     InProcessSession, RayTrainSession, TrainReport, export_best, plot_curves, run_training, write_epoch,
@@ -198,7 +198,7 @@ class LabdctTrainSpec:
     tiles are a separate draw from the training frames). ``feature_net`` is a VGG16-BN
     weights file for the perceptual loss (None: pixel + SSIM). ``checkpoints`` is the storage
     URL of an in-process (``workers=0``) run; ``fail_once_after_epoch`` injects a failure
-    (tests), as in :class:`rayproc.pipelines.bcdi_train.TrainSpec`.
+    (tests), as in :class:`rayproc.pipelines.bcdi.train.TrainSpec`.
     """
 
     frames: tuple[dict, ...]
@@ -418,7 +418,7 @@ def train_labdct(
     storage : str, optional
         Checkpoint storage (local folder or ``s3://``); default ``out/checkpoints``.
     widths, blocks : sequence of int, optional
-        Network size (:class:`rayproc.models.labdct_unet.LabdctNetConfig`; default ResNet34).
+        Network size (:class:`rayproc.labdct.network.LabdctNetConfig`; default ResNet34).
     tile : int, optional
         Edge of the training tiles (a multiple of the network's divisor).
     tiles_per_epoch, val_tiles : int, optional

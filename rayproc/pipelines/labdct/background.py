@@ -8,7 +8,7 @@ maximum 1, and the beam-stop mask when one is given. The work is one process: th
 median needs every frame, and the 41 real 1024^2 iron frames take 30-40 s on one core.
 
 Frames are indexed like simulated projections (``image[iy, iz]``, as
-:mod:`rayproc.pipelines.labdct_report` reads them) and the beam-stop box of a ``geometry.json``
+:mod:`rayproc.pipelines.labdct.report` reads them) and the beam-stop box of a ``geometry.json``
 is applied in that layout.
 """
 
@@ -48,7 +48,7 @@ def read_frames(source: str, *, storage_options: dict | None = None) -> tuple[np
     ``.npy``/``.npz``, ``file.h5:/dataset``). The info dict holds ``source``, ``variable`` or
     ``format``, and for stores the ``dims`` and ``coords`` (xarray Variables) of the stack.
     """
-    from rayproc.pipelines.bcdi_inpaint import is_zarr_store
+    from rayproc.pipelines.bcdi.inpaint import is_zarr_store
 
     location = resolve(source, storage_options)
     if is_zarr_store(location):
@@ -76,7 +76,7 @@ def beamstop_mask(geometry: str | None, shape: tuple[int, int]) -> np.ndarray | 
     """The beam-stop mask ``(H, W)`` of a ``geometry.json`` (or preset), checked against ``shape``."""
     if geometry is None:
         return None
-    from rayproc.pipelines.labdct_simulate import load_geometry
+    from rayproc.pipelines.labdct.simulate import load_geometry
 
     geom = load_geometry(geometry)
     if tuple(geom.detector_shape) != tuple(shape):

@@ -57,7 +57,7 @@ class EvaluationReport:
 
 def read_truth(source: str, *, sample: int = 0, storage_options: dict | None = None) -> np.ndarray:
     """A gap-free (z, y, x) volume from a file or a zarr store (``intensity``, sample ``sample``)."""
-    from rayproc.pipelines.bcdi_inpaint import is_zarr_store
+    from rayproc.pipelines.bcdi.inpaint import is_zarr_store
 
     location = resolve(source, storage_options)
     if is_zarr_store(location):
@@ -103,7 +103,7 @@ def evaluate_bcdi(
     gaps : sequence of str
         Gaps to impose, ``AXIS:START:WIDTH``.
     model : str, torch.nn.Module or None
-        See :func:`rayproc.pipelines.bcdi_inpaint.load_inpainting_model`; None uses the
+        See :func:`rayproc.pipelines.bcdi.inpaint.load_inpainting_model`; None uses the
         shipped model, or scores the baselines only when none is installed.
     stride, blend, batch_size
         Inpainting settings (:func:`rayproc.bcdi.inpaint.inpaint_volume`).
@@ -121,7 +121,7 @@ def evaluate_bcdi(
     EvaluationReport
     """
     from rayproc.models.artifact import CONFIG_FILE, default_model_dir
-    from rayproc.pipelines.bcdi_inpaint import load_inpainting_model
+    from rayproc.pipelines.bcdi.inpaint import load_inpainting_model
 
     if not gaps:
         raise InputError("give at least one --gap AXIS:START:WIDTH to impose on the volume.")

@@ -1,6 +1,6 @@
 """Realism check of the LabDCT simulator against the real far-field iron frames.
 
-``python -m rayproc.pipelines.labdct_report SIM_STORE FRAMES_DIR OUT.png`` draws a simulated
+``python -m rayproc.pipelines.labdct.report SIM_STORE FRAMES_DIR OUT.png`` draws a simulated
 projection beside a real one and the radial distribution (distance from the beam centre, mm) of
 the spots of both: the simulated spots from the spot table, the real ones found by the standard
 routine (rolling median subtracted, LoG segmentation).
@@ -16,7 +16,7 @@ import numpy as np
 
 from rayproc.labdct.spots import spot_table
 from rayproc.labdct.standard_routine import StandardRoutineParams, standard_routine
-from rayproc.physics.labdct_geometry import geometry_from_json
+from rayproc.labdct.geometry import geometry_from_json
 from rayproc.storage import open_dataset
 from rayproc.storage.readers import read_volume
 

@@ -3,14 +3,14 @@
 All functions take matching rows: ``positions[i]`` (lab frame, mm, sample already
 rotated by omega) diffracting with ``g_vectors[i]`` (lab frame, 1/Angstrom, |g| = 1/d,
 already rotated by the grain orientation and omega). Frame conventions are in
-``rayproc.physics.labdct_geometry``.
+``rayproc.labdct.geometry``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from rayproc.physics.labdct_geometry import LabdctGeometry
+from rayproc.labdct.geometry import LabdctGeometry
 
 HC_KEV_ANGSTROM = 12.398419843320026
 

@@ -43,7 +43,7 @@ import scipy.fft
 import scipy.ndimage
 
 from rayproc.errors import InputError
-from rayproc.physics.bcdi_crystal import (
+from rayproc.bcdi.crystal import (
     SHAPE_KINDS,
     CrystalParams,
     _parse_float,

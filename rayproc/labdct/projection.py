@@ -4,7 +4,7 @@ Implements the polychromatic cone-beam forward model of Fang et al. (2020) [1]_ 
 each voxel as a scatterer: every voxel-reflection pair that meets Bragg's law at an
 energy inside the window sends its integrated intensity to the detector point of its
 diffracted ray; spots then take the shape of the grain seen through the Laue-focusing
-geometry. Frame conventions are in ``rayproc.physics.labdct_geometry``.
+geometry. Frame conventions are in ``rayproc.labdct.geometry``.
 
 References
 ----------
@@ -21,17 +21,17 @@ import xraydb
 from scipy.ndimage import gaussian_filter
 
 from rayproc.errors import InputError
-from rayproc.physics.bragg import (
+from rayproc.labdct.bragg import (
     HC_KEV_ANGSTROM,
     bragg_energies,
     detector_intersection,
     diffracted_directions,
     incident_directions,
 )
-from rayproc.physics.crystallography import ReflectionSet, reflection_set, structure_factor
-from rayproc.physics.labdct_geometry import LabdctGeometry, rotation_z
-from rayproc.physics.polycrystal import Polycrystal, grain_centroids
-from rayproc.physics.spectrum import tube_spectrum
+from rayproc.labdct.crystallography import ReflectionSet, reflection_set, structure_factor
+from rayproc.labdct.geometry import LabdctGeometry, rotation_z
+from rayproc.labdct.polycrystal import Polycrystal, grain_centroids
+from rayproc.labdct.spectrum import tube_spectrum
 
 R_ELECTRON_MM = 2.8179403262e-12
 DEFAULT_FLUENCE = 1e14

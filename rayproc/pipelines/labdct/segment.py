@@ -28,7 +28,7 @@ from rayproc.errors import InputError
 from rayproc.labdct.spots import spot_table
 from rayproc.labdct.standard_routine import StandardRoutineParams, standard_routine
 from rayproc.options import look_up_option
-from rayproc.pipelines.labdct_background import beamstop_mask, read_frames
+from rayproc.pipelines.labdct.background import beamstop_mask, read_frames
 from rayproc.runtime.resources import require_cuda
 from rayproc.storage import command_line, provenance, resolve, write_dataset
 from rayproc.storage.outputs import claim_store

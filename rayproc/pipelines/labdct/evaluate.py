@@ -55,8 +55,8 @@ from rayproc.labdct.spots import label_spots, match_spots, pixel_iou, recall_by_
 from rayproc.labdct.standard_routine import (
     StandardRoutineParams, residual_noise, standard_routine, tune_standard_routine,
 )
-from rayproc.pipelines.labdct_background import beamstop_mask, read_frames
-from rayproc.pipelines.labdct_segment import DEFAULT_MODEL_NAME, dl_segment, load_spot_network
+from rayproc.pipelines.labdct.background import beamstop_mask, read_frames
+from rayproc.pipelines.labdct.segment import DEFAULT_MODEL_NAME, dl_segment, load_spot_network
 from rayproc.runtime.resources import require_cuda
 from rayproc.storage import command_line, open_dataset, provenance, resolve
 from rayproc.storage.outputs import claim_folder, make_folder
@@ -207,7 +207,7 @@ def evaluate_labdct(
     out : str
         Local folder for the tables and figures.
     model : str or torch.nn.Module, optional
-        The network (see :func:`rayproc.pipelines.labdct_segment.load_spot_network`); None uses
+        The network (see :func:`rayproc.pipelines.labdct.segment.load_spot_network`); None uses
         the shipped model, or scores the standard routine alone when none is installed.
     real : str, optional
         Real frames (TIFF folder, stack file or zarr store) for the background residual.

@@ -18,10 +18,10 @@ import numpy as np
 import xarray as xr
 
 from rayproc.errors import InputError
-from rayproc.physics.labdct_geometry import GEOMETRY_PRESETS, LabdctGeometry, geometry_from_json
-from rayproc.physics.labdct_projection import SPOT_TABLE_KEYS, simulate_projection
-from rayproc.physics.polycrystal import POLYCRYSTAL_PRESETS, Polycrystal, make_polycrystal
-from rayproc.physics.spectrum import tube_spectrum
+from rayproc.labdct.geometry import GEOMETRY_PRESETS, LabdctGeometry, geometry_from_json
+from rayproc.labdct.projection import SPOT_TABLE_KEYS, simulate_projection
+from rayproc.labdct.polycrystal import POLYCRYSTAL_PRESETS, Polycrystal, make_polycrystal
+from rayproc.labdct.spectrum import tube_spectrum
 from rayproc.options import look_up_option
 from rayproc.runtime import ray_session, run_stage
 from rayproc.storage.outputs import claim_store

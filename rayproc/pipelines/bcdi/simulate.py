@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from rayproc.errors import InputError
-from rayproc.physics.bcdi_diffraction import random_sample_params, simulate_bcdi_sample
+from rayproc.bcdi.diffraction import random_sample_params, simulate_bcdi_sample
 from rayproc.runtime import ray_session, run_stage
 from rayproc.storage.outputs import claim_store
 from rayproc.storage import (

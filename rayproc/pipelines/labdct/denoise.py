@@ -10,7 +10,7 @@ median) exact without a halo. An actor holds one slab: ``frames_per_task`` frame
 Each slab leaves a done marker: a rerun of the same command computes only the missing ones.
 
 Inputs: a zarr store with frames (omega, y, x) in the first of
-:data:`rayproc.pipelines.labdct_background.FRAME_VARIABLES` it holds (``projection`` of
+:data:`rayproc.pipelines.labdct.background.FRAME_VARIABLES` it holds (``projection`` of
 ``rayproc labdct simulate``, ``input`` of ``labdct synth``, ``intensity`` of ``rayproc
 ingest``), local or ``s3://``, or anything :func:`rayproc.storage.readers.read_volume` reads
 (a TIFF folder in name order, a stack file). Everything is checked before the output store is
@@ -32,9 +32,9 @@ from rayproc.labdct.denoise import (
     DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_OVERLAP, DEFAULT_TILE, denoise_frames, normalise_frames, plan_tiles,
 )
 from rayproc.options import check_counts, look_up_option
-from rayproc.pipelines.bcdi_inpaint import _output_attrs, _zarr_array, is_zarr_store
-from rayproc.pipelines.labdct_background import FRAME_VARIABLES, read_frames
-from rayproc.pipelines.labdct_segment import load_spot_network
+from rayproc.pipelines.bcdi.inpaint import _output_attrs, _zarr_array, is_zarr_store
+from rayproc.pipelines.labdct.background import FRAME_VARIABLES, read_frames
+from rayproc.pipelines.labdct.segment import load_spot_network
 from rayproc.runtime import ray_session, run_stage
 from rayproc.storage.outputs import claim_store
 from rayproc.stitching import BLEND_MODES
@@ -176,7 +176,7 @@ def denoise_labdct(
         dims and coords, and provenance.
     model : str, torch.nn.Module or None
         Model directory (default: the shipped ``labdct-default``) or a network; see
-        :func:`rayproc.pipelines.labdct_segment.load_spot_network`.
+        :func:`rayproc.pipelines.labdct.segment.load_spot_network`.
     tile, overlap, blend, batch_size
         See :func:`rayproc.labdct.denoise.denoise_frames`.
     frames_per_task : int

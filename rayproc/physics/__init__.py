@@ -1,1 +1,0 @@
-"""Forward physics, pure numpy: BCDI crystals and diffraction, LabDCT polycrystals and projections."""
