@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo install bench clean
+.PHONY: test test-fast demo install bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP)  # everything: tests/ and the docstring examples of rayproc/ (pyproject.toml)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+
+test-fast: $(STAMP)  # the pure core and the docstring examples: no Ray, no S3, nothing slow (about 40 s on 2 cores)
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow and not ray and not s3"
 
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m rayproc.demo demo-out

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from rayproc.bcdi.metrics import gap_pcc
-from rayproc.pipelines.bcdi.portion_data import PortionDataset, list_volumes
+from rayproc.bcdi.portion_dataset import PortionDataset
+from rayproc.pipelines.bcdi.portion_data import VolumeReader, list_volumes
 from rayproc.bcdi.portions import NormStats, denormalise_portion
 from rayproc.models.artifact import default_model_dir, load_model
 from rayproc.bcdi.network import line_fill, pull_push_fill
@@ -31,9 +32,10 @@ def score(stores: list[str], models: dict, n: int, seed: int, min_signal: float 
     draws = per if min_signal <= 0 else 16 * per  # candidates to filter down to ``n`` with signal in the gap
     names = (*models, "pull-push", "linear")
     results: dict[str, dict[int, list[float]]] = {m: {w: [] for w in WIDTHS} for m in names}
+    read = VolumeReader()  # one volume cache for all widths
     for width in WIDTHS:
-        data = PortionDataset(volumes, draws, seed=seed, stream=7, gap_widths=(width,), gap_kinds=("line",),
-                              prefer_periphery=True)
+        data = PortionDataset(volumes, draws, read=read, seed=seed, stream=7, gap_widths=(width,),
+                              gap_kinds=("line",), prefer_periphery=True)
         kept = 0
         for i in range(len(data)):
             if kept >= per * len(volumes):

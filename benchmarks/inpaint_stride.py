@@ -76,15 +76,14 @@ def _model(directory):
     """The model to use, and its name: a directory, the shipped model, or an untrained default gapnet."""
     import torch
 
-    from rayproc.models.artifact import CONFIG_FILE, default_model_dir
+    from rayproc.models.artifact import has_default_model, resolve_model
     from rayproc.bcdi.network import build_bcdi_net
-    from rayproc.pipelines.bcdi.inpaint import load_inpainting_model
 
-    if directory is None and not (default_model_dir() / CONFIG_FILE).is_file():
+    if directory is None and not has_default_model("bcdi"):
         torch.manual_seed(0)
         return build_bcdi_net().eval(), "untrained gapnet (pull-push fill prior)"
-    network, description = load_inpainting_model(directory)
-    return network, description["source"]
+    network, resolved = resolve_model(directory, "bcdi")
+    return network, resolved.source
 
 
 if __name__ == "__main__":

@@ -62,12 +62,12 @@ def main() -> None:
     from rayproc.bcdi.gaps import gaps_to_mask
     from rayproc.bcdi.network import build_bcdi_net
     from rayproc.bcdi.diffraction import simulate_bcdi_sample
-    from rayproc.pipelines.bcdi.inpaint import load_inpainting_model
+    from rayproc.models.artifact import resolve_model
     from rayproc.stitching import grid_windows, sliding_window_predict, windows_holding
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    network = build_bcdi_net().eval() if args.model is None else load_inpainting_model(args.model)[0]
+    network = build_bcdi_net().eval() if args.model is None else resolve_model(args.model, "bcdi")[0]
     counts, _ = simulate_bcdi_sample(args.size, 0, 0)
     x = (np.log1p(counts) / np.log1p(counts).max()).astype(np.float32)
     half = args.size // 2

@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--volumes 8] [--size 64] [--portions 32] [--epochs 2]
 
 1. One process, one torch thread: the same network trained on the same portions in the same
-   order, once read through :class:`rayproc.pipelines.bcdi.portion_data.PortionDataset` from a zarr
+   order, once read through :class:`rayproc.bcdi.portion_dataset.PortionDataset` from a zarr
    store (cold cache at the start) and once from tensors prepared in memory beforehand. Target:
    zarr >= 95 % of memory. Runs alternate and the best of each is kept (shared machines).
 2. Ray Train with 1 and with 2 workers (1 CPU each): training portions/s over all workers
@@ -24,11 +24,13 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader, Dataset
 
-from rayproc.pipelines.bcdi.portion_data import PortionDataset, list_volumes
-from rayproc.runtime.epochs import EpochSampler
+from rayproc.bcdi.portion_dataset import PortionDataset
+from rayproc.pipelines.bcdi.portion_data import VolumeReader, list_volumes
+from rayproc.runtime.epochs import EpochSampler, Precision, train_one_epoch
 from rayproc.bcdi.network import BcdiNetConfig, build_bcdi_net
 from rayproc.bcdi.diffraction import simulate_bcdi_sample
-from rayproc.pipelines.bcdi.train import Precision, read_history, train_bcdi, train_one_epoch
+from rayproc.pipelines.bcdi.train import inpainting_step, train_bcdi
+from rayproc.runtime.training import read_history
 from rayproc.runtime import ray_session
 from rayproc.storage import write_dataset
 
@@ -56,7 +58,7 @@ def _rate(dataset, args, epochs: int) -> float:
     began = time.perf_counter()
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
-        train_one_epoch(model, loader, optimizer, Precision(torch.device("cpu")))
+        train_one_epoch(model, loader, optimizer, Precision(torch.device("cpu")), inpainting_step)
     return epochs * len(dataset) / (time.perf_counter() - began)
 
 
@@ -81,7 +83,7 @@ def main(argv=None) -> None:
         refs = list_volumes([store])
 
         def streamed():
-            return PortionDataset(refs, args.portions, seed=0)
+            return PortionDataset(refs, args.portions, read=VolumeReader(), seed=0)
 
         reference = streamed()
         n = len(reference)

@@ -1,3 +1,6 @@
+"""``python -m rayproc``: the CLI (nothing runs on a plain import, e.g. pytest's doctest collection)."""
+
 from rayproc.cli import _console
 
-_console()
+if __name__ == "__main__":
+    _console()

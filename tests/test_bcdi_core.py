@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from rayproc.bcdi.gaps import (
     GapSpec,
@@ -12,6 +13,7 @@ from rayproc.bcdi.gaps import (
     random_gap,
 )
 from rayproc.bcdi.metrics import gap_pcc, relative_error
+from rayproc.bcdi.portion_dataset import PortionDataset
 from rayproc.bcdi.portions import (
     NormStats,
     crop,
@@ -143,6 +145,47 @@ def test_crop_returns_the_portion_and_refuses_to_leave_the_volume():
     assert portion[-1, -1, -1] == volume[6, 7, 8]
     with pytest.raises(InputError, match=r"\(6, 3, 4\)"):
         crop(volume, (6, 3, 4), 5)
+
+
+# --- training portions ---------------------------------------------------------------------
+
+
+def _peaks(names, size=24, seed=4) -> dict:
+    rng = np.random.default_rng(seed)
+    return {n: bragg_peak((size,) * 3, rng.uniform(8, 16, 3)) + rng.poisson(2.0, (size,) * 3) for n in names}
+
+
+def test_portion_dataset_reads_through_any_reader_and_is_seeded_per_item():
+    volumes = _peaks("ab")
+    asked = []
+
+    def read(ref):
+        asked.append(ref)
+        return volumes[ref]
+
+    data = PortionDataset(["a", "b"], 5, read=read, seed=1, size=8, gap_widths=(2, 3))
+    twin = PortionDataset(["a", "b"], 5, read=volumes.__getitem__, seed=1, size=8, gap_widths=(2, 3))
+    assert len(data) == 10
+    for index in (17, 0, 7):  # any order: item 7 of epoch 1, items 0 and 7 of epoch 0
+        item, plan = data[index], data.plan(index)
+        assert all(torch.equal(item[k], twin[index][k]) for k in ("target", "mask"))
+        assert item["index"] == index % 10 and item["width"] == plan.gap.width in (2, 3)
+        portion, gap = crop(volumes["ab"[plan.volume]], plan.origin, 8), item["mask"][0].numpy() > 0.5
+        _, stats = normalise_portion(portion, ~gap)
+        assert (item["lo"], item["hi"]) == (stats.lo, stats.hi)
+        expected = (np.log1p(portion) - stats.lo) / (stats.hi - stats.lo)
+        np.testing.assert_allclose(item["target"][0].numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert set(asked) == {"a", "b"} and data.plan(7) != data.plan(17)  # the refs as given; epochs draw anew
+
+    exclude = np.zeros((24, 24, 24), bool)
+    exclude[:, 10:13] = True
+    fenced = PortionDataset(["a"], 6, read=volumes.__getitem__, size=8, gap_widths=(2,), exclude=exclude)
+    assert not any(crop(exclude, fenced.plan(i).origin, 8).any() for i in range(12))
+    with pytest.raises(InputError, match="does not fit"):
+        PortionDataset(["a"], 1, read=volumes.__getitem__, size=8, gap_widths=(2,), exclude=exclude[:8]).plan(0)
+    with pytest.raises(InputError, match="do not touch"):
+        PortionDataset(["a"], 4, read=volumes.__getitem__, size=8, gap_widths=(2,),
+                       exclude=np.ones_like(exclude)).plan(0)
 
 
 # --- gap masks -----------------------------------------------------------------------------

@@ -12,12 +12,11 @@ from rayproc.bcdi.baselines import interpolate_gaps
 from rayproc.bcdi.gaps import gaps_to_mask
 from rayproc.bcdi.metrics import gap_pcc, relative_error
 from rayproc.bcdi.realspace import object_from_amplitude, phase_std, support
-from rayproc.cli import main as cli_main
 from rayproc.errors import InputError
-from rayproc.bcdi.network import build_bcdi_net
 from rayproc.bcdi.crystal import CrystalParams, crystal_object
 from rayproc.bcdi.diffraction import simulate_bcdi_sample
 from rayproc.pipelines.bcdi.evaluate import evaluate_bcdi, score_methods
+from tests.conftest import tiny_gapnet
 
 SHAPE = (20, 30, 40)
 
@@ -120,8 +119,7 @@ def simulated(tmp_path_factory):
 
 
 def tiny_model():
-    torch.manual_seed(0)
-    return build_bcdi_net({"arch": "gapnet", "base_channels": 4, "depth": 2}).eval()
+    return tiny_gapnet()[0].eval()
 
 
 def test_evaluate_writes_tables_and_figures(simulated, tmp_path):
@@ -132,12 +130,13 @@ def test_evaluate_writes_tables_and_figures(simulated, tmp_path):
     assert list(report.methods) == ["model", "nearest", "linear", "cubic"]
     mask = gaps_to_mask(gaps, volume.shape)
     assert report.gap_voxels == mask.sum()
-    for scores in report.methods.values():
-        assert -1 <= scores["pcc"] <= 1 and scores["relative_error"] >= 0 and scores["seconds"] >= 0
-    # the table holds the numbers score_methods gives for the same prediction
-    linear = np.maximum(interpolate_gaps(np.where(mask, 0, volume), mask, "linear"), 0)
-    assert report.methods["linear"]["pcc"] == pytest.approx(gap_pcc(linear, volume, mask))
-    assert report.methods["linear"]["relative_error"] == pytest.approx(relative_error(linear, volume, mask))
+    for name in ("nearest", "linear", "cubic"):  # the table holds score_methods' numbers for each prediction
+        prediction = np.maximum(interpolate_gaps(np.where(mask, 0, volume), mask, name), 0)
+        assert report.methods[name]["pcc"] == pytest.approx(gap_pcc(prediction, volume, mask))
+        assert report.methods[name]["relative_error"] == pytest.approx(relative_error(prediction, volume, mask))
+    # an untrained gapnet is its prior, linear interpolation (seeded: PCC 0.961 against 0.964)
+    assert report.methods["model"]["pcc"] == pytest.approx(report.methods["linear"]["pcc"], abs=0.01)
+    assert all(0.9 < s["pcc"] < 1 and 0 < s["seconds"] < 60 for s in report.methods.values())
     record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert record["methods"] == report.methods and record["gaps"] == gaps
     assert record["model"]["architecture"]["arch"] == "gapnet" and len(record["model"]["sha256"]) == 64
@@ -148,13 +147,30 @@ def test_evaluate_writes_tables_and_figures(simulated, tmp_path):
     assert all((tmp_path / "eval" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
 
 
-def test_evaluate_cli_one_line_errors(simulated, tmp_path, capsys):
+def test_evaluate_cli_one_line_errors(simulated, tmp_path, cli_error):
     path, _ = simulated
     for args, message in ((["--gap", "x:45:6"], "outside"), ([], "--gap")):
-        code = cli_main(["bcdi", "evaluate", str(path), "--out", str(tmp_path / "e"), *args])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and message in err and len(err.splitlines()) == 1
+        assert message in cli_error(["bcdi", "evaluate", path, "--out", tmp_path / "e", *args])
     assert not (tmp_path / "e").exists()
+
+
+def test_truth_from_a_batch_store_and_bad_stores(simulated, tmp_path):
+    import xarray as xr
+
+    from rayproc.pipelines.bcdi.evaluate import read_truth
+    from rayproc.storage import write_dataset
+
+    path, volume = simulated
+    np.testing.assert_array_equal(read_truth(str(path)), volume)
+    stack = np.stack([volume, 2 * volume])
+    write_dataset(str(tmp_path / "batch.zarr"), xr.Dataset({"intensity": (("sample", "z", "y", "x"), stack)}))
+    truth = read_truth(str(tmp_path / "batch.zarr"), sample=1)
+    assert truth.dtype == np.float32 and np.array_equal(truth, 2 * volume)
+    with pytest.raises(InputError, match=r"--sample must be in \[0, 2\)"):
+        read_truth(str(tmp_path / "batch.zarr"), sample=2)
+    write_dataset(str(tmp_path / "other.zarr"), xr.Dataset({"counts": (("z", "y", "x"), volume)}))
+    with pytest.raises(InputError, match="has no 'intensity' variable"):
+        read_truth(str(tmp_path / "other.zarr"))
 
 
 def test_baselines_on_the_real_gold_scan(shared_data):

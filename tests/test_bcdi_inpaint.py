@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from rayproc import storage
 from rayproc.bcdi.gaps import gaps_to_mask
 from rayproc.bcdi.inpaint import DEFAULT_BLEND, inpaint_volume, plan_windows, predict_portions
-from rayproc.cli import main as cli_main
 from rayproc.errors import InputError
 from rayproc.models.artifact import save_model
-from rayproc.bcdi.network import BcdiNetConfig, build_bcdi_net
+from rayproc.bcdi.network import BcdiNetConfig
 from rayproc.bcdi.diffraction import simulate_bcdi_sample
 from rayproc.pipelines.bcdi.inpaint import inpaint_bcdi
 from rayproc.stitching import importance_map
+from tests.conftest import tiny_gapnet
 from tests.interrupt import interrupt_cli_run
 
 SIZE = 48
@@ -24,24 +23,16 @@ CROSS = ["x:21:6", "y:20:6"]
 CONFIG = BcdiNetConfig(arch="gapnet", base_channels=4, depth=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Actors run torch on one thread; so does the single-process reference (bit-identical)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Actors run torch on one thread; so does the single-process reference (bit-identical).
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def net():
     """A tiny gapnet whose output depends on its input (random head, unlike a fresh network)."""
-    torch.manual_seed(0)
-    model = build_bcdi_net(CONFIG).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    model, config = tiny_gapnet(jitter=0.05)
+    assert config == CONFIG
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +117,45 @@ def test_core_rejects_bad_input(net, volume):
 
 
 # ---------------------------------------------------------------- pipeline
+
+
+def test_resolve_model_of_a_directory_a_network_and_the_shipped_default(files, net, tmp_path):
+    import torch
+
+    from rayproc.errors import RayprocError
+    from rayproc.labdct.network import LabdctNetConfig, build_labdct_net
+    from rayproc.models.artifact import DEFAULT_MODELS, default_model_dir, has_default_model, resolve_model
+
+    network, resolved = resolve_model(str(files / "model"), "bcdi")
+    assert not network.training and torch.equal(network.state_dict()["head.weight"], net.state_dict()["head.weight"])
+    assert resolved.describe() == {"source": str(files / "model"), "sha256": resolved.info.sha256,
+                                   "architecture": CONFIG.to_dict(), "patch_size": 32}
+    same, given = resolve_model(net, "bcdi")  # used as given, hashed by its state (bcdi records the sha256)
+    assert same is net and given.info is None and given.normalisation == {}
+    assert given.describe() == {"source": type(net).__name__, "sha256": given.sha256, "architecture": CONFIG.to_dict(),
+                                "patch_size": None} and len(given.sha256) == 64
+    # labdct: the directory's normalisation scale; a network is described without a hash (as always)
+    config = LabdctNetConfig(widths=(4, 8), blocks=(1, 1))
+    save_model(tmp_path / "spots", build_labdct_net(config), config, family="labdct", normalisation={"scale": 30.0})
+    _, spots = resolve_model(tmp_path / "spots", "labdct")
+    assert spots.normalisation["scale"] == 30.0 and set(spots.describe()) == {"source", "sha256", "architecture"}
+    assert set(resolve_model(build_labdct_net(config), "labdct")[1].describe()) == {"source", "architecture"}
+    for family in ("bcdi", "labdct"):  # None: the model shipped for the family
+        assert has_default_model(family)
+        _, shipped = resolve_model(None, family)
+        assert (shipped.family, shipped.source) == (family, str(default_model_dir(DEFAULT_MODELS[family])))
+    with pytest.raises(RayprocError, match="is a 'labdct' model, not a BCDI one"):
+        resolve_model(tmp_path / "spots", "bcdi")
+    with pytest.raises(InputError, match="no model is shipped for the 'toy' family"):
+        resolve_model(None, "toy")
+
+
+def test_output_attrs_keep_the_input_provenance_apart():
+    from rayproc.pipelines._stage import output_attrs
+
+    attrs = output_attrs({"note": "n", "provenance": {"command": "c"}, "rayproc_status": "complete", "title": "in"},
+                         "out")
+    assert attrs == {"note": "n", "title": "out", "input_provenance": {"command": "c"}}
 
 
 def open_out(url, options=None):
@@ -229,7 +259,7 @@ def test_interrupted_run_resumes_only_missing_chunks(ray_local, files, net, volu
         ("bad-blend", "Unsupported blend"),
     ],
 )
-def test_bad_input_one_line_error_and_no_output(files, volume, tmp_path, capsys, case, message):
+def test_bad_input_one_line_error_and_no_output(files, volume, tmp_path, cli_error, case, message):
     src, extra = tmp_path / "in.npy", []
     bad = volume.copy()
     if case == "nan":
@@ -246,7 +276,5 @@ def test_bad_input_one_line_error_and_no_output(files, volume, tmp_path, capsys,
     if case == "bad-blend":
         extra = ["--blend", "gauss"]
     out = tmp_path / "out.zarr"
-    code = cli_main(["bcdi", "inpaint", str(src), str(out), *gaps, *extra, "--model", str(files / "model")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("rayproc: error:") and message in err and len(err.splitlines()) == 1
+    assert message in cli_error(["bcdi", "inpaint", src, out, *gaps, *extra, "--model", files / "model"])
     assert not out.exists()

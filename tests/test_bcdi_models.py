@@ -209,6 +209,20 @@ def test_published_masto2024_size():
     assert [m[0].out_channels for m in model.decoder] == [478, 222, 96, 32]
 
 
+def test_tiny_gapnet_parameter_count_by_hand():
+    """base 4, depth 2, dilations (1, 2, 3, 4), 2 input channels: level widths 4, 8, 16."""
+
+    def conv(i, o, k):  # weights and biases of a k^3 convolution (transposed or not)
+        return i * o * k**3 + o
+
+    encoder = 4 * conv(2, 1, 3) + 4 * conv(4, 2, 3) + 4 * conv(8, 4, 3)  # 4 dilated branches per level
+    up = conv(8, 4, 2) + conv(16, 8, 2)  # stride-2 transposed convolutions, 16 -> 8 -> 4 channels
+    fuse = conv(2 * 4, 4, 3) + conv(2 * 8, 8, 3)  # after concatenating the skip
+    head = conv(4, 1, 1)
+    assert encoder + up + fuse + head == 10_193
+    assert count_parameters(build_bcdi_net({"arch": "gapnet", "base_channels": 4, "depth": 2})) == 10_193
+
+
 def test_forward_refuses_sizes_the_network_cannot_pool():
     model = build_bcdi_net(TINY_GAPNET)
     with pytest.raises(InputError, match="multiples of 4"):

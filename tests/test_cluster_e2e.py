@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from rayproc import storage
 from rayproc.bcdi.gaps import gaps_to_mask
 from rayproc.bcdi.diffraction import simulate_bcdi_sample
+from tests.conftest import free_ports, tiny_gapnet
 
 pytestmark = pytest.mark.slow
 
@@ -40,19 +40,9 @@ EXCLUDES = ["/.venv", "/.git", "/.pytest_cache", "*.egg-info", "__pycache__", "*
 SIZE, COUNT, SEED = 32, 2, 3
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _ray_start_command(temp_dir: str) -> tuple[list[str], int]:
     """``ray start --head --block`` on loopback, every port chosen free so nothing clashes."""
-    gcs, dashboard, client, agent_http, agent_grpc, runtime_env, metrics, node_manager, object_manager = _free_ports(9)
+    gcs, dashboard, client, agent_http, agent_grpc, runtime_env, metrics, node_manager, object_manager = free_ports(9)
     command = [
         str(VENV_BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
         "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
@@ -182,28 +172,21 @@ def test_failing_job_reports_failed_with_one_line_error(cluster, job_env, simula
     assert "Traceback" not in logs
 
 
-# --- second step: inpaint the simulated volumes on the cluster -------------------------------------
-# Runs once jobs/inpaint.py (`rayproc bcdi inpaint` as a job) is in the repository.
-INPAINT_JOB = REPO / "jobs" / "inpaint.py"
+# --- second step: inpaint the simulated volumes on the cluster (jobs/inpaint.py) --------------------
 GAP = "x:14:3"
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """An untrained but fixed gapnet model directory (the network's output is the fill prior)."""
-    import torch
-
     from rayproc.models.artifact import save_model
-    from rayproc.bcdi.network import build_bcdi_net
 
-    torch.manual_seed(0)
-    net = build_bcdi_net({"arch": "gapnet", "base_channels": 4, "depth": 2})
+    net, _ = tiny_gapnet()
     directory = tmp_path_factory.mktemp("model") / "tiny"
     save_model(directory, net, net.config, gap_widths=(3,), patch_size=32)
     return directory
 
 
-@pytest.mark.skipif(not INPAINT_JOB.is_file(), reason="jobs/inpaint.py not written yet")
 def test_inpaint_job_matches_the_single_process_inpainting(cluster, job_env, simulated, tiny_model, s3_server):
     import torch
 

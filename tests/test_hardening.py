@@ -14,12 +14,7 @@ import pytest
 
 from rayproc import storage
 from rayproc.errors import StoreError
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_ports
 
 
 def _rayproc(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -32,7 +27,7 @@ def test_object_store_restarted_mid_write_is_retried(s3_server):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    (port,) = free_ports()
     endpoint = f"http://127.0.0.1:{port}"
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -89,7 +84,7 @@ def test_credentials_never_in_provenance_or_output(tmp_path, s3_bucket):
 
 
 def test_unreachable_ray_address_one_line(tmp_path):
-    port = _free_port()
+    (port,) = free_ports()
     result = _rayproc("bcdi", "simulate", str(tmp_path / "s.zarr"), "--count", "1",
                       "--address", f"127.0.0.1:{port}", timeout=60)
     assert result.returncode == 2
@@ -104,7 +99,7 @@ def s3_with_auth(tmp_path_factory, s3_server):  # s3_server: test credentials an
     """A second S3 server that checks signatures and IAM policies (moto auth on after setup)."""
     import boto3
 
-    port = _free_port()
+    (port,) = free_ports()
     endpoint = f"http://127.0.0.1:{port}"
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
     # The four setup calls below run unauthenticated; every later request is checked.

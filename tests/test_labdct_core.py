@@ -439,3 +439,20 @@ def test_match_spot_gain_bisects_a_monotone_response():
     assert match_spot_gain(12.0, lambda g: 60.0 * np.sqrt(g), rtol=1e-4) == pytest.approx(0.04, rel=1e-3)
     with pytest.raises(InputError, match="cannot be calibrated"):
         match_spot_gain(1e7, lambda g: 60.0 * g)  # beyond the default bounds 1e-4..1e4
+
+
+def test_background_residual_counts_only_pixels_far_from_standard_spots():
+    from rayproc.labdct.evaluation import background_residual
+
+    denoised = np.zeros((1, 20, 20), np.float32)
+    standard = np.zeros((1, 20, 20), np.int32)
+    standard[0, 10, 10] = 1
+    denoised[0, 9:12, 9:12] = 1.0  # the network agrees with the routine's spot: not background
+    denoised[0, 0, 0] = 0.8  # a false detection far from any spot
+    beamstop = np.zeros((20, 20), bool)
+    beamstop[19, :] = True
+    r = background_residual(denoised, standard, beamstop=beamstop, threshold=0.5, margin=3)
+    clear = 400 - 49 - 20  # a 7x7 square around the spot (3 px margin) and the beam-stop row are left out
+    assert r["background_pixels"] == clear
+    assert r["residual_above_threshold"] == 1 / clear
+    assert r["residual_mean"] == np.float32(0.8) / clear

@@ -19,23 +19,22 @@ from rayproc.labdct.denoise import (
 )
 from rayproc.models.artifact import load_model, save_model
 from rayproc.labdct.network import LabdctNetConfig, build_labdct_net
-from rayproc.pipelines.bcdi.train import read_history
 from rayproc.pipelines.labdct.denoise import denoise_labdct, task_name
-from rayproc.pipelines.labdct.train import FrameCache, TileDataset, list_frame_sets, train_labdct
+from rayproc.labdct.tiles import TileDataset, training_pair
+from rayproc.pipelines.labdct.train import FrameReader, list_frame_sets, train_labdct
+from rayproc.runtime.training import read_history
 from rayproc.stitching import grid_windows, window_coverage
 from rayproc.storage import open_dataset, resolve, write_dataset
+from rayproc.storage.cache import ArrayCache
+from tests.conftest import jitter_weights
+from tests.failing import run_training_failing_once
 
 TINY = LabdctNetConfig(widths=(4, 8, 8, 16), blocks=(1, 1, 1, 1))
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Actors run torch on one thread; so does the single-process reference (bit-identical)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Actors run torch on one thread; so does the single-process reference (bit-identical).
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _frames(count: int, shape, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,11 +66,7 @@ def synth_store(tmp_path_factory) -> str:
 def net():
     """A tiny network whose output depends on its input (weights jittered away from the init)."""
     torch.manual_seed(0)
-    model = build_labdct_net(TINY).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return jitter_weights(build_labdct_net(TINY).eval(), 0.05)
 
 
 class _Identity(torch.nn.Module):
@@ -144,15 +139,44 @@ def test_bad_frames_are_one_line_errors(net, frames, message):
 
 
 def test_tiles_are_pure_functions_of_the_seed(synth_store):
+    import pickle
+
     train, val = list_frame_sets([synth_store])
     assert [s.frames for s in val] == [(5,)] and len(train[0].frames) == 9
-    one = TileDataset(train, 8, tile=32, scale=100.0, seed=3)
-    other = TileDataset(train, 8, tile=32, scale=100.0, seed=3, cache=FrameCache(100.0, max_frames=1))
+    one = TileDataset(train, 8, tile=32, read=FrameReader(100.0), seed=3)
+    other = TileDataset(train, 8, tile=32, read=FrameReader(100.0, cache=ArrayCache(max_bytes=1)), seed=3)
     for index in (0, 5, 8 + 5):  # item 5 of epochs 0 and 1
         a, b = one[index], other[index]
         assert torch.equal(a["input"], b["input"]) and torch.equal(a["target"], b["target"])
         assert a["input"].shape == (1, 32, 32) and set(a["target"].unique().tolist()) <= {0.0, 1.0}
     assert not torch.equal(one[5]["input"], one[8 + 5]["input"])  # fresh draws every epoch
+    assert len(other.read.cache) == 1 and len(one.read.cache) > 1
+    assert len(pickle.loads(pickle.dumps(one.read)).cache) == 0  # every loader process fills its own cache
+
+
+def test_tile_dataset_reads_through_any_reader():
+    """The seeding: item i of epoch e draws frame, origin and symmetry from default_rng([seed, stream, e, i])."""
+    frames, spots = _frames(3, (40, 48), 1)
+    pairs = {f: training_pair(frames[f], np.where(spots[f], 255, 0), 100.0) for f in range(3)}
+    np.testing.assert_array_equal(pairs[0][0], normalise_frames(frames[:1], scale=100.0)[0])
+    stack = type("Stack", (), {"frames": (0, 2), "shape": (40, 48), "__str__": lambda self: "stack"})()
+    asked = []
+
+    def read(source, frame):
+        asked.append(frame)
+        return pairs[frame]
+
+    data = TileDataset([stack], 6, tile=16, read=read, seed=2, stream=1)
+    for index in (3, 6 + 3):
+        rng = np.random.default_rng([2, 1, index // 6, index % 6])
+        frame = stack.frames[int(rng.integers(2))]
+        y, x, turn = int(rng.integers(40 - 16 + 1)), int(rng.integers(48 - 16 + 1)), int(rng.integers(8))
+        for key, image in zip(("input", "target"), pairs[frame]):
+            expected = np.rot90(image[y:y + 16, x:x + 16], turn % 4)
+            np.testing.assert_array_equal(data[index][key][0].numpy(), expected[:, ::-1] if turn >= 4 else expected)
+    assert set(asked) <= {0, 2}
+    with pytest.raises(InputError, match="stack has frames of shape \\(40, 48\\), smaller than a 64\\^2 tile"):
+        TileDataset([stack], 6, tile=64, read=read)
 
 
 def test_in_process_training_loss_falls_and_resumes(synth_store, tmp_path):
@@ -165,12 +189,27 @@ def test_in_process_training_loss_falls_and_resumes(synth_store, tmp_path):
     first, last = rows[0], rows[-1]
     assert last["train_loss"] < 0.8 * first["train_loss"] and last["val_loss"] < first["val_loss"]
     assert last["val_iou"] > first["val_iou"] + 0.2 and last["val_f1"] > 0.4  # spots of held-out frames found
-    assert (out / "loss_curve.png").stat().st_size > 0
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model, info = load_model(out)
     assert info.family == "labdct" and info.patch_size == 32 and info.normalisation["scale"] == 50.0
     assert info.architecture["widths"] == list(TINY.widths) and isinstance(model, torch.nn.Module)
     again = train_labdct([synth_store], str(out), epochs=9, **options)
     assert again.resumed and read_history(out)[:8] == rows and read_history(out)[8]["start_epoch"] == 8
+
+
+def test_in_process_run_that_failed_resumes_from_its_checkpoint(synth_store, tmp_path, monkeypatch):
+    import rayproc.pipelines.labdct.train as labdct_train
+
+    out = tmp_path / "model"
+    options = dict(workers=0, widths=TINY.widths, blocks=TINY.blocks, tile=32, tiles_per_epoch=16, val_tiles=8,
+                   batch_size=8, progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(labdct_train, "run_training", run_training_failing_once(after_epoch=0, pause=0.0))
+        with pytest.raises(RuntimeError, match="injected failure after epoch 0"):
+            train_labdct([synth_store], str(out), epochs=2, **options)
+    assert [r["epoch"] for r in read_history(out)] == [0]
+    report = train_labdct([synth_store], str(out), epochs=2, **options)
+    assert report.resumed and [r["start_epoch"] for r in read_history(out)] == [0, 1]
 
 
 def test_ray_train_two_workers_one_epoch_with_checkpoint(ray_local, synth_store, tmp_path):
@@ -229,7 +268,7 @@ def test_denoise_reads_and_writes_s3(ray_local, net, model_dir, s3_bucket):
     np.testing.assert_array_equal(ds.denoised.values, denoise_frames(frames, net, scale=30.0, tile=64))
 
 
-def test_denoise_command_on_a_tiff_folder_and_bad_input(ray_local, net, model_dir, tmp_path, capsys):
+def test_denoise_command_on_a_tiff_folder_and_bad_input(ray_local, net, model_dir, tmp_path, cli_error):
     import tifffile
 
     frames, _ = _frames(3, (64, 64), 6)
@@ -245,10 +284,8 @@ def test_denoise_command_on_a_tiff_folder_and_bad_input(ray_local, net, model_di
     np.testing.assert_array_equal(open_dataset(out).denoised.values, expected)
 
     np.save(tmp_path / "flat.npy", frames[0])
-    assert cli_main(["labdct", "denoise", str(tmp_path / "flat.npy"), str(tmp_path / "x.zarr"),
-                     "--model", str(model_dir), "--no-progress"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("rayproc: error:") and "(N, H, W)" in error and "\n" not in error
+    assert "(N, H, W)" in cli_error(["labdct", "denoise", tmp_path / "flat.npy", tmp_path / "x.zarr",
+                                     "--model", model_dir, "--no-progress"])
     assert not (tmp_path / "x.zarr").exists()
 
 

@@ -16,7 +16,8 @@ from rayproc.labdct.background import parametric_background
 from rayproc.labdct.spots import label_spots, match_spots
 from rayproc.labdct.synthesis import log_segmentation
 from rayproc.pipelines.labdct.background import extract_background_store
-from rayproc.pipelines.labdct.evaluate import SPOT_COLUMNS, evaluate_labdct, mean_snr, truth_snr
+from rayproc.labdct.evaluation import SPOT_COLUMNS, mean_snr, truth_snr
+from rayproc.pipelines.labdct.evaluate import evaluate_labdct
 from rayproc.pipelines.labdct.segment import parse_params, segment_labdct
 from rayproc.pipelines.labdct.simulate import simulate_labdct
 from rayproc.pipelines.labdct.calibrate import calibrate_labdct
@@ -194,6 +195,31 @@ def test_calibrate_against_the_real_iron_frames(ray_local, shared_data, tmp_path
     assert report.synthesised_snr[-1] == pytest.approx(report.measured_snr[-1], rel=0.05)
 
 
+def test_read_frames_from_a_store_a_tiff_folder_and_bad_stacks(stores, tmp_path):
+    import tifffile
+    import xarray as xr
+
+    from rayproc.errors import InputError
+    from rayproc.pipelines.labdct.background import read_frames
+
+    stack, source = read_frames(str(stores / "synth.zarr"))  # the first frame variable: "input"
+    assert source.name == "input" and source.dims == ("omega", "y", "x") and stack.dtype == np.float32
+    assert list(source.dim_coords()) == ["omega", "y", "x"] and source.location is not None
+    folder = tmp_path / "tiffs"
+    folder.mkdir()
+    for index in (2, 1, 10):
+        tifffile.imwrite(folder / f"f{index}.tif", np.full((4, 5), index, np.uint16))
+    stack, source = read_frames(str(folder))
+    assert stack[:, 0, 0].tolist() == [1, 2, 10] and source.frame_names == ("f1.tif", "f2.tif", "f10.tif")
+    assert source.dims == ("frame", "y", "x") and list(source.coords) == ["frame"]
+    np.save(tmp_path / "nan.npy", np.full((2, 4, 4), np.nan))
+    with pytest.raises(InputError, match="NaN or infinite"):
+        read_frames(str(tmp_path / "nan.npy"))
+    storage.write_dataset(str(tmp_path / "other.zarr"), xr.Dataset({"counts": (("a", "b", "c"), np.ones((1, 2, 2)))}))
+    with pytest.raises(InputError, match=r"holds no frames: expected one of \('input', 'projection'"):
+        read_frames(str(tmp_path / "other.zarr"))
+
+
 def test_fit_background_crops_and_resizes():
     frames = np.ones((2, 60, 100), np.float32)
     frames[:, :, :20] = frames[:, :, 80:] = 5.0  # cropped away to the square aspect ratio
@@ -226,7 +252,11 @@ def test_segment_dl_stores_probability_and_labels(stores, tmp_path):
     denoised, labels = ds.denoised.values, ds.spot_label.values
     assert denoised.shape == labels.shape == (4, 128, 128) and 0 <= denoised.min() and denoised.max() <= 1
     assert ((labels > 0) <= (denoised >= 0.5)).all()
-    assert labels.max() == 0 or np.bincount(labels.ravel())[1:].min() >= 4  # dl_spot_labels' min_size
+    from rayproc.labdct.denoise import DEFAULT_MIN_SIZE, dl_spot_labels
+
+    np.testing.assert_array_equal(labels, dl_spot_labels(denoised, threshold=0.5))  # the stored probability's spots
+    sizes = np.bincount(labels.ravel())[1:]
+    assert len(sizes) == labels.max() == ds.sizes["spot"] and sizes.min() >= DEFAULT_MIN_SIZE, sizes  # spots found
 
 
 def test_mean_snr_of_a_flat_spot_is_its_pixel_snr():
@@ -311,9 +341,7 @@ def test_evaluate_command_prints_scores_and_weak_spot_recall(stores, tmp_path, c
     (["background", "{missing}", "{out}"], "not found"),
     (["evaluate", "{sim}", "--out", "{out}"], "not a synthesised"),
 ])
-def test_bad_input_is_one_line(stores, tmp_path, capsys, args, expected):
+def test_bad_input_is_one_line(stores, tmp_path, cli_error, args, expected):
     paths = {"sim": stores / "sim.zarr", "bg": stores / "bg.zarr", "synth": stores / "synth.zarr",
              "out": tmp_path / "out.zarr", "missing": tmp_path / "nothing-here"}
-    code = cli_main(["labdct", *(a.format(**paths) for a in args)])
-    err = capsys.readouterr().err
-    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+    assert expected in cli_error(["labdct", *(a.format(**paths) for a in args)])

@@ -25,12 +25,7 @@ from rayproc.labdct.network import (
 TINY = LabdctNetConfig(widths=(4, 8, 8, 16), blocks=(3, 4, 6, 3))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_structure_is_resnet34_dynamic_unet():
@@ -39,7 +34,8 @@ def test_structure_is_resnet34_dynamic_unet():
     assert [sum(isinstance(m, BasicBlock) for m in stage) for stage in net.stages] == [3, 4, 6, 3]
     shuffles = [m for m in net.modules() if isinstance(m, nn.PixelShuffle)]
     assert len(shuffles) == 5  # one per skip (4) and the last upsampling to full size
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.decoder.modules()) > 0
+    # four decoder blocks, each normalising its skip and both its convolutions (as fastai)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.decoder.modules()) == 3 * len(net.decoder) == 12
     x = torch.rand(2, 1, 64, 96)
     y = net(x)
     assert y.shape == x.shape and 0 < y.min() and y.max() < 1  # sigmoid output

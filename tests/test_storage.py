@@ -179,3 +179,71 @@ def test_task_tables_and_appended_variables(tmp_path):
     storage.append_variables(loc, table)  # idempotent
     storage.finalize(loc, ["t0", "t1"])
     assert storage.open_dataset(loc).spot_grain.values.tolist() == [4, 5]
+
+
+# ------------------------------------------------------------------ inputs: one opener
+
+
+def test_open_input_store_is_lazy_named_and_reopenable(tmp_path):
+    from rayproc.storage.inputs import InputArray, open_array, open_input
+
+    ds = _dataset()
+    ds["projection"] = ds.intensity * 2
+    ds["mask"] = ds.intensity > 5
+    storage.write_dataset(str(tmp_path / "s.zarr"), ds, provenance_attrs=storage.provenance("make", {"a": 1}))
+    data = open_input(str(tmp_path / "s.zarr"), ("input", "projection", "intensity"))
+    assert isinstance(data, InputArray) and data.name == "projection"  # the first candidate present
+    assert (data.dims, data.shape, data.ndim, data.source_format) == (("z", "y", "x"), (6, 7, 8), 3, "zarr")
+    assert isinstance(data.data, xr.DataArray) and data.location.url == str(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(data[1:3, :, 2], 2 * ds.intensity.values[1:3, :, 2])  # a region, as numpy
+    assert data.values().dtype == np.float32
+    # every coordinate of the store, the dims' own through dim_coords; root and variable attrs
+    assert set(data.coords) == {"z", "y", "x", "label"} and list(data.dim_coords()) == ["z", "y", "x"]
+    assert data.coords["z"].attrs["units"] == "deg" and data.attrs["provenance"]["parameters"] == {"a": 1}
+    assert data.attrs["title"] == "t" and data.frame_names is None
+    np.testing.assert_array_equal(data.variable("mask").values, ds.mask.values)
+    assert data.variable("absent") is None
+    np.testing.assert_array_equal(open_array(data.location, data.name)[2], 2 * ds.intensity.values[2])
+    with pytest.raises(InputError, match=r"has no 'target' variable; it holds \['intensity', 'mask', 'projection'\]"):
+        open_input(str(tmp_path / "s.zarr"), ("target",))
+    with pytest.raises(InputError, match=r"holds no frames: expected one of \('input', 'target'\)"):
+        open_input(str(tmp_path / "s.zarr"), ("input", "target"), what="frames")
+
+
+def test_open_input_files_get_the_dims_and_coords_asked_for(tmp_path):
+    from rayproc.storage.inputs import PIXEL_COORDS, open_input
+
+    vol = np.arange(2 * 3 * 4, dtype=np.int32).reshape(2, 3, 4)
+    np.save(tmp_path / "v.npy", vol)
+    data = open_input(str(tmp_path / "v.npy"), ("intensity",), file_dims=("z", "y", "x"),
+                      file_coords={"z": {"units": "frame"}, **PIXEL_COORDS})
+    assert (data.name, data.location, data.source_format, data.attrs) == (None, None, "npy", {})
+    assert data.dims == ("z", "y", "x") and data.values().dtype == np.float32
+    np.testing.assert_array_equal(data.values(), vol)
+    assert data.coords["z"].values.tolist() == [0, 1] and data.coords["x"].attrs == PIXEL_COORDS["x"]
+    assert data.variable("mask") is None
+    only_frame = open_input(str(tmp_path / "v.npy"), ("x",), file_dims=("frame", "y", "x"), file_coords={"frame": {}})
+    assert list(only_frame.coords) == ["frame"] and only_frame.coords["frame"].attrs == {}
+    flat = open_input(str(tmp_path / "v.npy"), ("x",), file_dims=("y", "x"))  # rank differs: generic dims
+    assert flat.dims == ("dim_0", "dim_1", "dim_2") and flat.coords == {}
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (10, 2, 1):
+        tifffile.imwrite(folder / f"f_{i}.tif", np.full((3, 4), i, np.uint16))
+    frames = open_input(str(folder), ("input",), file_dims=("frame", "y", "x"))
+    assert frames.frame_names == ("f_1.tif", "f_2.tif", "f_10.tif") and frames.source_format == "tiff-frames"
+    assert frames[:, 0, 0].tolist() == [1, 2, 10]
+    with pytest.raises(InputError, match="input not found"):
+        open_input(str(tmp_path / "missing.npy"), ("intensity",))
+
+
+def test_open_input_s3_store_and_not_a_store(s3_bucket):
+    from rayproc.storage.inputs import is_zarr_store, open_array, open_input
+
+    bucket, options = s3_bucket
+    storage.write_dataset(storage.resolve(f"{bucket}/s.zarr", options), _dataset())
+    data = open_input(f"{bucket}/s.zarr", ("intensity",), storage_options=options)
+    assert data.location.is_remote and is_zarr_store(data.location)
+    np.testing.assert_array_equal(open_array(data.location, "intensity")[0], _dataset().intensity.values[0])
+    with pytest.raises(InputError, match="no zarr store at s3://"):
+        open_input(f"{bucket}/nothing.zarr", ("intensity",), storage_options=options)

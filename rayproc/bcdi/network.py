@@ -265,9 +265,9 @@ def line_fill(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
 
     Examples
     --------
-    >>> x = torch.tensor([[[0.0, 1.0, 9.0, 9.0, 4.0, 5.0]]])
+    >>> x = torch.tensor([[[[0.0, 1.0, 9.0, 9.0, 4.0, 5.0]]]])  # (B, C, H, W)
     >>> line_fill(x, (x < 9).float()).tolist()
-    [[[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]]
+    [[[[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]]]
     """
     is_known = known > 0.5
     best_length = torch.full_like(x, float("inf"))

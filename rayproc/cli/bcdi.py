@@ -127,19 +127,13 @@ def model_info(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory (default: the shipped model).")] = None,
 ):
     """Describe a model: architecture, parameter count, FLOPs per 32^3 portion, training metrics."""
-    from rayproc.errors import RayprocError
-    from rayproc.models.artifact import CONFIG_FILE, default_model_dir, load_model
     from rayproc.bcdi.network import count_parameters, flops_per_portion
+    from rayproc.models.artifact import resolve_model
 
-    directory = model or default_model_dir()
-    if model is None and not (directory / CONFIG_FILE).is_file():
-        raise RayprocError(f"no model is shipped with this rayproc yet (nothing at {directory}); "
-                           "train one with `rayproc bcdi train` and pass --model DIR")
-    net, info = load_model(directory)
-    if info.family != "bcdi":
-        raise RayprocError(f"{directory} is a {info.family!r} model, not a BCDI one.")
+    net, resolved = resolve_model(model, "bcdi")
+    info = resolved.info
     arch = ", ".join(f"{k}={v}" for k, v in info.architecture.items() if k != "arch")
-    typer.echo(f"{directory}")
+    typer.echo(model or resolved.source)
     typer.echo(f"  architecture   {info.architecture.get('arch')} ({arch})")
     typer.echo(f"  parameters     {count_parameters(net):,}")
     typer.echo(f"  FLOPs          {flops_per_portion(net, 32) / 1e9:.3f} GFLOP per 32^3 portion")

@@ -17,6 +17,10 @@ are refused with a message saying so.
 A *family* names the task and selects the builder (``"bcdi"``: the BCDI gap-inpainting nets
 of :mod:`rayproc.bcdi.network`). Other families call :func:`register_family` or add a
 line to ``_BUILTIN_FAMILIES``.
+
+Stages get their network from :func:`resolve_model`: a model directory, None (the model shipped
+for the family, ``rayproc/weights/<family>-default``) or a network given programmatically, and
+a :class:`ResolvedModel` saying what it is (for provenance and normalisation).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch
 from torch import nn
 
 from rayproc import __version__
-from rayproc.errors import RayprocError
+from rayproc.errors import InputError, RayprocError
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -44,6 +48,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 PROVENANCE_FILE = "provenance.json"
 DEFAULT_MODEL = "bcdi-default"
+# family -> folder of rayproc/weights holding the model shipped for it
+DEFAULT_MODELS = {"bcdi": DEFAULT_MODEL, "labdct": "labdct-default"}
 
 # family -> (module, function) of a builder ``f(architecture: dict) -> nn.Module``, imported on use.
 _BUILTIN_FAMILIES = {
@@ -322,8 +328,8 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device = "cp
     directory = Path(directory)
     info = read_model_info(directory)
     if family is not None and info.family != family:
-        raise RayprocError(f"{directory} is a {info.family!r} model; this command needs a {family!r} model "
-                           f"(pass --model with a {family.upper()} model directory)")
+        raise RayprocError(f"{directory} is a {info.family!r} model, not a {family.upper()} one; this command needs "
+                           f"a {family!r} model (pass --model with a {family.upper()} model directory)")
     config, _ = _current_config(_read_json(directory / CONFIG_FILE, required=True), directory)
     weights = _weights_path(directory, config)
     if not weights.is_file():
@@ -343,14 +349,128 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device = "cp
     return model.to(device).eval(), info
 
 
+# ------------------------------------------------------------------ resolving a stage's model
+
+# Keys of a model's provenance description per family: (from a directory, given as a network).
+# Kept as each family's stages have always recorded them: a resumed run compares them.
+_DESCRIPTION_KEYS = {
+    "bcdi": (("source", "sha256", "architecture", "patch_size"), ("source", "sha256", "architecture", "patch_size")),
+    "labdct": (("source", "sha256", "architecture"), ("source", "architecture")),
+}
+_ALL_KEYS = ("source", "sha256", "architecture", "patch_size")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a stage knows about the network it resolved (:func:`resolve_model`).
+
+    Attributes
+    ----------
+    family : str
+        The family the stage asked for.
+    source : str
+        The model directory, or the class name of a network given programmatically.
+    sha256 : str or None
+        Of the weights file (a directory), of the state dict (a network of a family whose
+        description records it), else None.
+    architecture : dict or None
+        The architecture config (None for a network without a ``config.to_dict()``).
+    patch_size : int or None
+        Edge of the portions or tiles the model was trained on (None when unknown).
+    normalisation : dict
+        The directory's normalisation (e.g. LabDCT's ``scale``); empty for a network.
+    info : ModelInfo or None
+        Everything the directory says (metrics, provenance, format); None for a network.
+    """
+
+    family: str
+    source: str
+    sha256: str | None
+    architecture: dict | None
+    patch_size: int | None = None
+    normalisation: dict = field(default_factory=dict)
+    info: ModelInfo | None = None
+
+    def describe(self) -> dict:
+        """The JSON-able description stages record in their provenance."""
+        from_directory, given = _DESCRIPTION_KEYS.get(self.family, (_ALL_KEYS, _ALL_KEYS))
+        values = {"source": self.source, "sha256": self.sha256, "architecture": self.architecture,
+                  "patch_size": self.patch_size}
+        return {key: values[key] for key in (given if self.info is None else from_directory)}
+
+
+def has_default_model(family: str) -> bool:
+    """Whether the model shipped for ``family`` is installed."""
+    return family in DEFAULT_MODELS and (default_model_dir(DEFAULT_MODELS[family]) / CONFIG_FILE).is_file()
+
+
+def state_sha256(model: nn.Module) -> str:
+    """sha256 of a network's state dict (names and tensor bytes, in order)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_model(model, family: str, *, device: str | torch.device = "cpu") -> tuple[nn.Module, ResolvedModel]:
+    """The network a stage of ``family`` runs, and what it is.
+
+    Parameters
+    ----------
+    model : str, os.PathLike, torch.nn.Module or None
+        A model directory (:func:`load_model`; its family must be ``family``), None for the
+        model shipped for ``family`` (:data:`DEFAULT_MODELS`), or a network used as given.
+    family : str
+        The family the stage needs (``"bcdi"`` or ``"labdct"``).
+    device : str or torch.device, optional
+        Where to put the network.
+
+    Returns
+    -------
+    network : torch.nn.Module
+        In eval mode on ``device``.
+    resolved : ResolvedModel
+
+    Raises
+    ------
+    RayprocError
+        No model given and none shipped for ``family`` (:class:`~rayproc.errors.InputError`), a
+        model of another family, or any error of :func:`load_model` (one line each).
+    """
+    if isinstance(model, nn.Module):
+        config = getattr(model, "config", None)
+        _, given = _DESCRIPTION_KEYS.get(family, (_ALL_KEYS, _ALL_KEYS))
+        resolved = ResolvedModel(family, type(model).__name__, state_sha256(model) if "sha256" in given else None,
+                                 config.to_dict() if hasattr(config, "to_dict") else None)
+        return model.to(device).eval(), resolved
+    if model is None:
+        if family not in DEFAULT_MODELS:
+            raise InputError(f"no model is shipped for the {family!r} family; pass --model DIR.")
+        directory = default_model_dir(DEFAULT_MODELS[family])
+        if not (directory / CONFIG_FILE).is_file():
+            raise InputError(f"no model given and the default {family} model is not installed at {directory}; "
+                             f"train one with `rayproc {family} train` and pass --model DIR.")
+    else:
+        directory = Path(model)
+    network, info = load_model(directory, device=device, family=family)
+    return network, ResolvedModel(family, str(directory), info.sha256, info.architecture, info.patch_size,
+                                  dict(info.normalisation), info)
+
+
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_MODELS",
     "FORMAT_VERSION",
     "ModelInfo",
+    "ResolvedModel",
     "default_model_dir",
     "file_sha256",
+    "has_default_model",
     "load_model",
     "read_model_info",
     "register_family",
+    "resolve_model",
     "save_model",
+    "state_sha256",
 ]

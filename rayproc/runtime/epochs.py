@@ -1,11 +1,17 @@
 """The per-worker epoch loop shared by the training pipelines (plain torch, one data-parallel worker).
 
 A pipeline's ``train_loop(config)`` builds its model and datasets and passes them, with its
-own ``train_epoch`` and ``validate`` steps, to :func:`run_epochs`, which resumes from the
+``step`` and validation :class:`Scores`, to :func:`run_epochs`, which resumes from the
 session's latest checkpoint, wraps model and loaders for data-parallel training, trains the
-remaining epochs with Adam (learning rate halved when the validation loss stalls), and
-reports each epoch's metrics row with a checkpoint. The session is Ray Train's (DDP,
-``ray.train.report``) or an in-process stand-in (:mod:`rayproc.runtime.training`).
+remaining epochs with Adam (learning rate halved when the validation loss stalls;
+:func:`train_one_epoch`), validates (:func:`validate`) and reports each epoch's metrics row
+with a checkpoint. The session is Ray Train's (DDP, ``ray.train.report``) or an in-process
+stand-in (:mod:`rayproc.runtime.training`).
+
+A pipeline's step is all it knows of a batch: ``step(model, batch) -> (loss, n)`` calls
+``model`` once on the batch's inputs (``model`` runs the network in the worker's precision
+and returns float32) and gives the batch's mean loss and its number of items. Batches reach
+the step on the worker's device.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +36,9 @@ class EpochSampler(DistributedSampler):
     """A DistributedSampler whose indices carry the epoch: ``i + epoch * len(dataset)``.
 
     A dataset that draws its items from ``(seed, epoch, i)`` (e.g.
-    :class:`rayproc.pipelines.bcdi.portion_data.PortionDataset`) then yields new portions and gaps
-    every epoch (after ``set_epoch``), even in loader worker processes that persist across epochs.
+    :class:`rayproc.bcdi.portion_dataset.PortionDataset`, :class:`rayproc.labdct.tiles.TileDataset`)
+    then yields new items every epoch (after ``set_epoch``), even in loader worker processes that
+    persist across epochs.
     """
 
     def __iter__(self):
@@ -49,6 +57,49 @@ class Precision:
 
     def autocast(self):
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+
+Step = Callable[[Callable[..., torch.Tensor], dict], tuple[torch.Tensor, int]]
+"""``step(model, batch) -> (loss, n)``: the mean loss of a batch of ``n`` items (see the module docstring)."""
+
+
+class Forward:
+    """``model(*inputs)`` under the worker's precision, its output as float32 (what a step calls).
+
+    With ``keep``, the output of the latest call stays in :attr:`output` (for validation scores).
+    """
+
+    def __init__(self, model: torch.nn.Module, precision: Precision, *, keep: bool = False):
+        self.model, self.precision, self.keep = model, precision, keep
+        self.output: torch.Tensor | None = None
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            output = self.model(*inputs)
+        output = output.float()
+        if self.keep:
+            self.output = output
+        return output
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Validation scores besides the loss: sums over items and workers, then a summary.
+
+    Attributes
+    ----------
+    size : int
+        Number of sums.
+    add : callable
+        ``add(totals, output, batch)`` adds the batch's items to ``totals`` (float64, ``size``)
+        in place, item by item; ``output`` is the model's output in the step.
+    summarise : callable
+        ``summarise(totals) -> dict``: the metrics row's scores from the sums over all workers.
+    """
+
+    size: int
+    add: Callable[[np.ndarray, torch.Tensor, dict], None]
+    summarise: Callable[[np.ndarray], dict]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -71,6 +122,59 @@ def cpu_copy(module: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in getattr(module, "module", module).state_dict().items()}
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch with its tensors on ``device`` (other values as they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def train_one_epoch(model: torch.nn.Module, loader, optimizer, precision: Precision, step: Step, *,
+                    progress=None) -> float:
+    """One pass over ``loader`` with ``step``; returns the mean loss over all workers' items.
+
+    The loss is scaled for fp16 (:class:`Precision`); ``progress`` (a tqdm-like bar) advances
+    by the items of each batch.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    forward = Forward(model, precision)
+    total, count = 0.0, 0
+    for batch in loader:
+        batch = to_device(batch, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss, n = step(forward, batch)
+        precision.scaler.scale(loss).backward()
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+        total += float(loss.detach()) * n
+        count += n
+        if progress is not None:
+            progress.update(n)
+    loss_sum, n = sum_across_workers([total, count], device)
+    return float(loss_sum / max(n, 1))
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, loader, precision: Precision, step: Step, scores: Scores | None = None) -> dict:
+    """The validation row: ``val_loss`` (mean over all workers' items) and the summarised ``scores``."""
+    model.eval()
+    device = next(model.parameters()).device
+    forward = Forward(model, precision, keep=scores is not None)
+    loss_sum = count = 0.0
+    totals = np.zeros(scores.size if scores is not None else 0)
+    for batch in loader:
+        batch = to_device(batch, device)
+        loss, n = step(forward, batch)
+        loss_sum += float(loss) * n
+        count += n
+        if scores is not None:
+            scores.add(totals, forward.output, batch)
+    summed = sum_across_workers([loss_sum, count, *totals], device)
+    row = {"val_loss": float(summed[0] / max(summed[1], 1))}
+    if scores is not None:
+        row.update(scores.summarise(summed[2:]))
+    return row
+
+
 def start_worker(spec) -> None:
     """Torch threads = the worker's CPU share, freed memory kept, ``spec.seed`` for the weights."""
     torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
@@ -86,8 +190,8 @@ def run_epochs(
     train_set,
     val_set,
     *,
-    train_epoch: Callable,
-    validate: Callable,
+    step: Step,
+    scores: Scores | None = None,
     rate_key: str,
     summary: Callable[[dict, int], str],
 ) -> None:
@@ -96,8 +200,8 @@ def run_epochs(
     Parameters
     ----------
     spec
-        Training spec with ``lr``, ``epochs``, ``seed``, ``batch_size``, ``loader_workers``,
-        ``progress`` and ``fail_once_after_epoch`` (tests: fail once after that epoch).
+        Training spec with ``lr``, ``epochs``, ``seed``, ``batch_size``, ``loader_workers`` and
+        ``progress`` (:class:`rayproc.runtime.training.BaseTrainSpec`).
     session
         ``device``, ``checkpoint()``, ``prepare_model``, ``prepare_data_loader``, ``progress``
         and ``report(row, folder)``: Ray Train's or the in-process stand-in.
@@ -107,10 +211,10 @@ def run_epochs(
     train_set, val_set
         Map-style datasets; training is sharded by an :class:`EpochSampler`, validation by a
         ``DistributedSampler``.
-    train_epoch : callable
-        ``train_epoch(model, loader, optimizer, precision, progress=bar) -> mean loss``.
-    validate : callable
-        ``validate(model, loader, precision) -> {"val_loss": ..., ...}``.
+    step : callable
+        ``step(model, batch) -> (loss, n)``, for training and validation (see the module docstring).
+    scores : Scores, optional
+        Validation scores besides ``val_loss`` (:func:`validate`).
     rate_key : str
         Name of the throughput column (items of ``train_set`` per second).
     summary : callable
@@ -143,11 +247,11 @@ def run_epochs(
         began = time.perf_counter()
         train_sampler.set_epoch(epoch)
         bar = session.progress(len(train_sampler), f"epoch {epoch + 1}/{spec.epochs}") if spec.progress and rank == 0 else None
-        train_loss = train_epoch(model, train_loader, optimizer, precision, progress=bar)
+        train_loss = train_one_epoch(model, train_loader, optimizer, precision, step, progress=bar)
         train_seconds = time.perf_counter() - began
         if bar is not None:
             bar.close()
-        row = {"epoch": epoch, "train_loss": train_loss, **validate(model, val_loader, precision)}
+        row = {"epoch": epoch, "train_loss": train_loss, **validate(model, val_loader, precision, step, scores)}
         scheduler.step(row["val_loss"])
         row.update(lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - began, workers=world,
                    start_epoch=start, **{rate_key: len(train_set) / train_seconds})
@@ -162,12 +266,7 @@ def run_epochs(
                             "scheduler": scheduler.state_dict(), "scaler": precision.scaler.state_dict(),
                             "history": history}, Path(folder) / STATE_FILE)
             session.report(row, folder if rank == 0 else None)
-        if spec.fail_once_after_epoch == epoch and start == 0:
-            # Fail as if during the next epoch: first let Ray Train's controller poll the workers
-            # (every 2 s) and register this epoch's checkpoint, or the restart may not see it.
-            time.sleep(5.0)
-            raise RuntimeError(f"injected failure after epoch {epoch} (fail_once_after_epoch)")
 
 
-__all__ = ["STATE_FILE", "EpochSampler", "Precision", "cpu_copy", "rank_and_world", "run_epochs", "start_worker",
-           "sum_across_workers"]
+__all__ = ["STATE_FILE", "EpochSampler", "Forward", "Precision", "Scores", "Step", "cpu_copy", "rank_and_world",
+           "run_epochs", "start_worker", "sum_across_workers", "to_device", "train_one_epoch", "validate"]

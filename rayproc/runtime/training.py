@@ -1,16 +1,14 @@
-"""Ray Train shell shared by the training pipelines: the driver, sessions, checkpoints, epoch logs.
+"""Ray Train shell shared by the training pipelines: specs, the driver, sessions, checkpoints, epoch logs.
 
-The pipelines (``rayproc.pipelines.bcdi.train``, ``labdct_train``) own their spec, data, model
-and loss/metric steps (a plain ``train_loop(config)`` around
-:func:`rayproc.runtime.epochs.run_epochs`, the epoch loop they share). This module runs such a
-loop (:func:`run_training`): in this process (``workers=0``; :class:`InProcessSession` copies
-checkpoints to the storage) or on Ray Train's ``TorchTrainer`` (gloo on CPU, NCCL on GPU;
-:class:`RayTrainSession` inside the workers), restarts failed workers from the last checkpoint,
-resumes a rerun of the same run (:func:`claim_run`), writes each epoch's metrics row as JSON
-lines plus a curve PNG next to the model, and exports the best epoch (:func:`export_best`).
-
-A spec is a frozen dataclass with ``out``, ``seed``, ``gpu``, ``cpus_per_worker``,
-``storage_options``, ``checkpoints``, ``ray_train`` and ``to_dict()``.
+The pipelines (:mod:`rayproc.pipelines.bcdi.train`, :mod:`rayproc.pipelines.labdct.train`) own
+their spec (a :class:`BaseTrainSpec`), data, model and ``step`` (a plain ``train_loop(config)``
+around :func:`rayproc.runtime.epochs.run_epochs`, the epoch loop they share). This module runs
+such a loop (:func:`run_training`): in this process (``workers=0``; :class:`InProcessSession`
+copies checkpoints to the storage) or on Ray Train's ``TorchTrainer`` (gloo on CPU, NCCL on
+GPU; :class:`RayTrainSession` inside the workers), restarts failed workers from the last
+checkpoint, resumes a rerun of the same run (:func:`claim_run`), writes each epoch's metrics
+row as JSON lines plus a curve PNG next to the model, and exports the best epoch
+(:func:`export_best`).
 """
 
 from __future__ import annotations
@@ -34,11 +32,94 @@ LOSS_CURVE = "loss_curve.png"
 RUN_FILE = "rayproc_run.json"
 # Spec fields a rerun may change and still resume the same run.
 RESUMABLE_CHANGES = (
-    "epochs", "progress", "gpu", "cpus_per_worker", "loader_workers", "ray_train", "checkpoints",
-    "fail_once_after_epoch", "storage_options",
+    "epochs", "progress", "gpu", "cpus_per_worker", "loader_workers", "ray_train", "checkpoints", "storage_options",
 )
-_NOT_PROVENANCE = ("ray_train", "checkpoints", "progress", "fail_once_after_epoch")
+_NOT_PROVENANCE = ("ray_train", "checkpoints", "progress")
 _CHECKPOINT_NAME = re.compile(r"checkpoint_(\d{6})$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseTrainSpec:
+    """What every training run needs; a pipeline's spec adds its data, network and sampling.
+
+    A spec travels to the training workers as a dict (:meth:`to_dict`, :meth:`from_dict`) and
+    checks itself on construction: :meth:`problems` lists what is wrong, and a spec with any
+    raises :class:`rayproc.errors.InputError` naming them all on one line.
+
+    Attributes
+    ----------
+    out : str
+        Model directory (local, absolute): the exported model, ``metrics.jsonl``, ``loss_curve.png``.
+    epochs, batch_size, lr, seed : optional
+        Total epochs, per-worker batch size, Adam learning rate, master seed.
+    gpu : bool
+        One GPU per worker, mixed precision.
+    cpus_per_worker : float
+        Ray CPUs per worker, also its torch thread count.
+    loader_workers : int
+        DataLoader worker processes per training worker.
+    storage_options : dict
+        fsspec options for ``s3://`` data and checkpoints.
+    checkpoints : str, optional
+        Checkpoint storage URL of an in-process (``workers=0``) run.
+    ray_train : bool
+        Whether the loop runs inside Ray Train (set by :func:`run_training`).
+    progress : bool
+        Progress bar and per-epoch summary lines.
+    """
+
+    out: str
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    gpu: bool = False
+    cpus_per_worker: float = 1.0
+    loader_workers: int = 0
+    storage_options: dict = field(default_factory=dict)
+    checkpoints: str | None = None
+    ray_train: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise InputError("; ".join(problems) + ".")
+
+    def problems(self) -> list[str]:
+        """What is wrong with this spec, one phrase each (empty when it is valid)."""
+        problems = []
+        if min(self.epochs, self.batch_size) < 1:
+            problems.append(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        if not self.lr > 0:
+            problems.append(f"learning rate must be > 0 (got {self.lr})")
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0 (got {self.seed})")
+        if not self.cpus_per_worker > 0:
+            problems.append(f"CPUs per worker must be > 0 (got {self.cpus_per_worker})")
+        if self.loader_workers < 0:
+            problems.append(f"loader workers must be >= 0 (got {self.loader_workers})")
+        return problems
+
+    def to_dict(self) -> dict:
+        """The spec as plain JSON values (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The spec of :meth:`to_dict`'s dict; unknown or missing keys are an :class:`InputError`."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise InputError(f"{cls.__name__} has no field(s) {', '.join(unknown)}.")
+        required = [name for name, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in d]
+        if missing:
+            raise InputError(f"{cls.__name__} needs {', '.join(missing)}.")
+        values = {name: tuple(value) if str(fields[name].type).startswith("tuple") and value is not None else value
+                  for name, value in d.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -179,6 +260,11 @@ def check_resources(spec, workers: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # Sessions: how the epoch loop reaches its device, checkpoints and logs
 # ---------------------------------------------------------------------------------------------
+
+
+def session_for(spec: BaseTrainSpec, record: Callable[[str, dict], None], unit: str):
+    """The session of a training loop: Ray Train's inside it (``spec.ray_train``), else in-process."""
+    return RayTrainSession() if spec.ray_train else InProcessSession(spec, record, unit)
 
 
 class InProcessSession:
@@ -438,8 +524,8 @@ def fit(
 
 
 __all__ = [
-    "LOSS_CURVE", "METRICS_LOG", "RESUMABLE_CHANGES", "RUN_FILE", "InProcessSession", "RayTrainSession", "TrainReport",
-    "check_resources", "claim_run", "export_best", "fit", "latest_checkpoint", "local_checkpoint", "plot_curves",
-    "ray_storage", "read_history", "run_name", "run_training", "save_checkpoint", "start_run", "worker_resources",
-    "write_epoch",
+    "LOSS_CURVE", "METRICS_LOG", "RESUMABLE_CHANGES", "RUN_FILE", "BaseTrainSpec", "InProcessSession", "RayTrainSession",
+    "TrainReport", "check_resources", "claim_run", "export_best", "fit", "latest_checkpoint", "local_checkpoint",
+    "plot_curves", "ray_storage", "read_history", "run_name", "run_training", "save_checkpoint", "session_for",
+    "start_run", "worker_resources", "write_epoch",
 ]

@@ -315,6 +315,11 @@ def _mark_complete(location: Location, extra_attrs: Mapping[str, Any] | None = N
     """Record the chunks written (names and sizes) and the status in one metadata write."""
     group = _open_group(location)
     group.attrs.update({**dict(extra_attrs or {}), MANIFEST_KEY: chunk_manifest(location), STATUS_KEY: "complete"})
+    # consolidated metadata: plain ``xarray.open_zarr(path)`` opens the store without listing it
+    # (no warnings about rayproc's ``_progress`` bookkeeping or missing consolidated metadata)
+    with _quiet_progress_dir(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(zarr_store(location), zarr_format=3)
 
 
 def is_complete(location: Location | str) -> bool:

@@ -30,9 +30,11 @@ from rayproc.bcdi.inpaint import DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_STRI
 from rayproc.bcdi.metrics import gap_pcc, relative_error
 from rayproc.errors import InputError
 from rayproc.runtime.resources import require_cuda
-from rayproc.storage import command_line, open_dataset, provenance, resolve
+from rayproc.models.artifact import has_default_model, resolve_model
+from rayproc.storage import command_line, provenance
+from rayproc.storage.inputs import open_input
 from rayproc.storage.outputs import claim_folder, make_folder
-from rayproc.storage.readers import read_volume, validate_counts
+from rayproc.storage.readers import validate_counts
 
 METRICS_JSON, METRICS_MD = "metrics.json", "metrics.md"
 ZOOM = 48  # half-width (voxels) of the slice across a gap shown around the Bragg peak
@@ -57,19 +59,12 @@ class EvaluationReport:
 
 def read_truth(source: str, *, sample: int = 0, storage_options: dict | None = None) -> np.ndarray:
     """A gap-free (z, y, x) volume from a file or a zarr store (``intensity``, sample ``sample``)."""
-    from rayproc.pipelines.bcdi.inpaint import is_zarr_store
-
-    location = resolve(source, storage_options)
-    if is_zarr_store(location):
-        intensity = open_dataset(location)["intensity"]
-        if intensity.ndim == 4:
-            if not 0 <= sample < intensity.shape[0]:
-                raise InputError(f"--sample must be in [0, {intensity.shape[0]}); got {sample}.")
-            intensity = intensity[sample]
-        volume = intensity.values.astype(np.float32)
-    else:
-        volume, _ = read_volume(source)
-    return validate_counts(volume, ndim=3)
+    intensity = open_input(source, ("intensity",), storage_options=storage_options)
+    if intensity.location is not None and intensity.ndim == 4:
+        if not 0 <= sample < intensity.shape[0]:
+            raise InputError(f"--sample must be in [0, {intensity.shape[0]}); got {sample}.")
+        return validate_counts(np.asarray(intensity[sample], dtype=np.float32), ndim=3)
+    return validate_counts(intensity.values(), ndim=3)
 
 
 def score_methods(truth, mask, predictions: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -103,8 +98,8 @@ def evaluate_bcdi(
     gaps : sequence of str
         Gaps to impose, ``AXIS:START:WIDTH``.
     model : str, torch.nn.Module or None
-        See :func:`rayproc.pipelines.bcdi.inpaint.load_inpainting_model`; None uses the
-        shipped model, or scores the baselines only when none is installed.
+        A model directory or a network (:func:`rayproc.models.artifact.resolve_model`); None
+        uses the shipped model, or scores the baselines only when none is installed.
     stride, blend, batch_size
         Inpainting settings (:func:`rayproc.bcdi.inpaint.inpaint_volume`).
     sample : int
@@ -120,9 +115,6 @@ def evaluate_bcdi(
     -------
     EvaluationReport
     """
-    from rayproc.models.artifact import CONFIG_FILE, default_model_dir
-    from rayproc.pipelines.bcdi.inpaint import load_inpainting_model
-
     if not gaps:
         raise InputError("give at least one --gap AXIS:START:WIDTH to impose on the volume.")
     require_cuda(device)
@@ -131,8 +123,10 @@ def evaluate_bcdi(
     truth = read_truth(volume, sample=sample, storage_options=storage_options)
     mask = gaps_to_mask(gaps, truth.shape)
     observed = np.where(mask, np.float32(0), truth)
-    no_model = model is None and not (default_model_dir() / CONFIG_FILE).is_file()
-    network, description = (None, None) if no_model else load_inpainting_model(model, device=device)
+    network, description = None, None
+    if model is not None or has_default_model("bcdi"):
+        network, resolved = resolve_model(model, "bcdi", device=device)
+        description = resolved.describe()
 
     predictions, seconds = {}, {}
     if network is not None:

@@ -8,24 +8,22 @@ result is bit-identical to the single-process run and an actor holds one chunk a
 whatever the volume's size. Chunks no portion touches are copied. Each chunk leaves a done
 marker: a rerun of the same command recomputes only the chunks that are missing.
 
-Inputs: anything :func:`rayproc.storage.readers.read_volume` reads (one volume), or a zarr store
-with ``intensity`` (z, y, x) or (sample, z, y, x) and an optional ``mask`` (True = missing).
-Everything is checked before the output store is created.
+Inputs (:func:`rayproc.storage.inputs.open_input`): anything
+:func:`rayproc.storage.readers.read_volume` reads (one volume), or a zarr store with
+``intensity`` (z, y, x) or (sample, z, y, x) and an optional ``mask`` (True = missing).
+Everything is checked before the output store is created; the store, the actors and resuming are
+:class:`rayproc.pipelines._stage.ResumableStage`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
 import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
 from rayproc.bcdi.gaps import gaps_to_mask, parse_gap
 from rayproc.bcdi.inpaint import (
@@ -33,15 +31,12 @@ from rayproc.bcdi.inpaint import (
     plan_windows, predict_portions,
 )
 from rayproc.errors import InputError
+from rayproc.models.artifact import resolve_model
 from rayproc.options import check_counts, look_up_option
-from rayproc.runtime import ray_session, run_stage
+from rayproc.pipelines._stage import Actors, ResumableStage, SharedObjects, output_attrs
 from rayproc.stitching import BLEND_MODES, ChunkTask, importance_map, plan_chunks, predict_chunk
-from rayproc.storage import (
-    ArraySpec, Location, command_line, create_dataset, done_tasks, filesystem, finalize, open_dataset, provenance,
-    resolve, with_retries, write_task, zarr_store,
-)
-from rayproc.storage.outputs import claim_store
-from rayproc.storage.readers import read_volume
+from rayproc.storage import ArraySpec, Location, resolve, write_task
+from rayproc.storage.inputs import PIXEL_COORDS, InputArray, open_array, open_input
 
 
 @dataclass(frozen=True)
@@ -57,152 +52,45 @@ class InpaintReport:
     peak_worker_rss_mb: float | None = None
 
 
-# ---------------------------------------------------------------- model
-
-
-def load_inpainting_model(model=None, *, device: str = "cpu"):
-    """The model to inpaint with, and a JSON-able description of it (for provenance).
-
-    Parameters
-    ----------
-    model : str, os.PathLike, torch.nn.Module or None
-        A model directory (:func:`rayproc.models.artifact.load_model`), a network given
-        programmatically (``model(x, mask)``, see :func:`rayproc.bcdi.inpaint.predict_portions`),
-        or None for the model shipped with rayproc.
-    device : str, optional
-        Where to put the network.
-
-    Returns
-    -------
-    network : torch.nn.Module
-        In eval mode on ``device``.
-    description : dict
-        ``source`` (path or class name), ``sha256`` of the weights, ``architecture`` and
-        ``patch_size`` (None when unknown).
-    """
-    from torch import nn
-
-    from rayproc.models.artifact import default_model_dir, load_model
-
-    if isinstance(model, nn.Module):
-        config = getattr(model, "config", None)
-        description = {
-            "source": type(model).__name__,
-            "sha256": _state_sha256(model),
-            "architecture": config.to_dict() if hasattr(config, "to_dict") else None,
-            "patch_size": None,
-        }
-        return model.to(device).eval(), description
-    directory = Path(default_model_dir() if model is None else model)
-    if model is None and not (directory / "config.json").is_file():
-        raise InputError(f"no model given and the default model is not installed at {directory}; pass --model DIR.")
-    network, info = load_model(directory, device=device, family="bcdi")
-    description = {"source": str(directory), "sha256": info.sha256, "architecture": info.architecture,
-                   "patch_size": info.patch_size}
-    return network, description
-
-
-def _state_sha256(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------- inputs
+
+# Index coordinates of a volume read from a file (as ``rayproc ingest`` writes them).
+VOLUME_COORDS = {"z": {"units": "frame", "long_name": "frame (rocking step)"}, **PIXEL_COORDS}
 
 
 @dataclass(frozen=True)
-class _Shared:
-    """What every chunk needs, by reference: the network and the input intensity.
+class _Volumes:
+    """The input as the driver sees it: the intensity (lazy for a store) and its stored mask."""
 
-    The intensity is a zarr store actors read regions of, or a volume in Ray's object store.
-    Jobs carry this small object (Ray refs inside a task argument) and actors fetch it once.
-    """
-
-    network_ref: Any
-    location: Location | None = None
-    volume_ref: Any = None
-
-    def fetch(self):
-        import ray
-
-        intensity = _zarr_array(self.location, "intensity") if self.volume_ref is None else ray.get(self.volume_ref)
-        return ray.get(self.network_ref), intensity
-
-
-@dataclass
-class _Input:
-    """The input as the driver sees it: lazily indexable intensity and mask, coords and attrs."""
-
-    url: str
-    intensity: Any  # (z, y, x) or (sample, z, y, x), sliceable
-    mask: Any  # same shape, or None
-    coords: dict[str, xr.Variable]
-    attrs: dict
-    dims: tuple[str, ...]
-    location: Location | None  # a zarr store actors read from, else None (in-memory volume)
+    intensity: InputArray  # (z, y, x) or (sample, z, y, x)
+    mask: Any  # a store's ``mask`` (same shape, or one volume's), or None
 
     @property
     def samples(self) -> list[int | None]:
-        return list(range(self.intensity.shape[0])) if len(self.dims) == 4 else [None]
+        return list(range(self.intensity.shape[0])) if self.intensity.ndim == 4 else [None]
 
     @property
     def volume_shape(self) -> tuple[int, int, int]:
-        return tuple(int(n) for n in self.intensity.shape[-3:])
+        return self.intensity.shape[-3:]
 
 
-def _zarr_array(location: Location, name: str):
-    import zarr
-
-    return zarr.open_array(zarr_store(location, read_only=True), path=name, mode="r")
-
-
-def is_zarr_store(location: Location) -> bool:
-    fs, path = filesystem(location)
-    return with_retries(lambda: fs.exists(path.rstrip("/") + "/zarr.json"))
-
-
-def _open_input(source: str, storage_options: dict | None) -> _Input:
-    from rayproc.pipelines.ingest import volume_dataset
-
-    location = resolve(source, storage_options)
-    if not is_zarr_store(location):
-        if location.is_remote:
-            raise InputError(f"no zarr store at {location.url} (no zarr.json found)")
-        volume, _ = read_volume(source)
-        if volume.ndim != 3:
-            raise InputError(f"intensity must be 3D (z, y, x); got shape {volume.shape} from {source}.")
-        ds = volume_dataset(volume)
-        coords = {name: c.variable for name, c in ds.coords.items()}
-        return _Input(location.url, volume, None, coords, {}, ("z", "y", "x"), None)
-    ds = open_dataset(location)
-    if "intensity" not in ds:
-        raise InputError(f"{location.url} has no 'intensity' variable; it holds {sorted(ds.data_vars)}.")
-    intensity = ds["intensity"]
+def _open_volumes(source: str, storage_options: dict | None) -> _Volumes:
+    intensity = open_input(source, ("intensity",), storage_options=storage_options, file_dims=tuple(VOLUME_COORDS),
+                           file_coords=VOLUME_COORDS)
+    if intensity.location is None and intensity.ndim != 3:
+        raise InputError(f"intensity must be 3D (z, y, x); got shape {intensity.shape} from {source}.")
     if intensity.ndim not in (3, 4):
-        raise InputError(
-            f"intensity must be (z, y, x) or (sample, z, y, x); got dims {intensity.dims}, shape {intensity.shape}."
-        )
-    mask = None
-    if "mask" in ds:
-        mask = ds["mask"]
-        if mask.shape not in (intensity.shape, intensity.shape[-3:]):
-            raise InputError(f"{location.url}: mask shape {mask.shape} does not match intensity {intensity.shape}.")
-    coords = {name: c.variable for name, c in ds.coords.items()}
-    return _Input(location.url, intensity, mask, coords, dict(ds.attrs), tuple(intensity.dims), location)
+        raise InputError(f"intensity must be (z, y, x) or (sample, z, y, x); got dims {intensity.dims}, "
+                         f"shape {intensity.shape}.")
+    mask = intensity.variable("mask")
+    if mask is not None and mask.shape not in (intensity.shape, intensity.shape[-3:]):
+        raise InputError(f"{intensity.url}: mask shape {mask.shape} does not match intensity {intensity.shape}.")
+    return _Volumes(intensity, mask)
 
 
 def _read_mask_file(path: str, storage_options: dict | None) -> np.ndarray:
     """A mask from a file (npy, npz, TIFF, HDF5) or a zarr store's ``mask``; nonzero = missing."""
-    location = resolve(path, storage_options)
-    if is_zarr_store(location):
-        ds = open_dataset(location)
-        if "mask" not in ds:
-            raise InputError(f"{location.url} has no 'mask' variable; it holds {sorted(ds.data_vars)}.")
-        return ds["mask"].values.astype(bool)
-    values, _ = read_volume(path)
+    values = open_input(path, ("mask",), storage_options=storage_options).values(dtype=None)
     if not np.isfinite(values).all():
         raise InputError(f"mask {path} holds NaN/Inf values; expected 0 (measured) and nonzero (missing).")
     return values != 0
@@ -215,7 +103,7 @@ def _sample_region(sample: int | None, region: Sequence[slice] = ()) -> tuple:
 class _MaskBuilder:
     """The mask of each sample: the store's mask, the mask file and the gaps, combined."""
 
-    def __init__(self, data: _Input, mask_file: np.ndarray | None, gaps: Sequence[str]):
+    def __init__(self, data: _Volumes, mask_file: np.ndarray | None, gaps: Sequence[str]):
         shape = data.volume_shape
         if mask_file is not None and mask_file.shape not in (shape, tuple(data.intensity.shape)):
             raise InputError(
@@ -236,7 +124,7 @@ class _MaskBuilder:
         return mask
 
 
-def _check_counts(data: _Input, sample: int | None, mask: np.ndarray, slab: int) -> None:
+def _check_counts(data: _Volumes, sample: int | None, mask: np.ndarray, slab: int) -> None:
     """Check the measured voxels of one volume, reading it slab by slab along z."""
     for z in range(0, mask.shape[0], slab):
         region = (slice(z, z + slab),)
@@ -261,7 +149,7 @@ class _ChunkJob:
     sample: int | None
     task: ChunkTask
     origins: np.ndarray  # (k, 3), global, ascending window order
-    shared: _Shared | None = None
+    shared: SharedObjects | None = None
 
 
 @dataclass(frozen=True)
@@ -280,13 +168,12 @@ class _ChunkInpainter:
         torch.set_num_threads(threads)
         self.out, self.device, self.batch_size, self.patch = out, device, batch_size, patch
         self.weights = importance_map((patch,) * 3, blend)
-        self.mask = _zarr_array(out, "mask")
+        self.mask = open_array(out, "mask")
         self.predict = self.intensity = None
 
     def __call__(self, job: _ChunkJob) -> _ChunkResult:
         if self.predict is None:
-            network, self.intensity = job.shared.fetch()
-            network = network.to(self.device).eval()
+            network, self.intensity = job.shared.fetch(self.device)
             self.predict = functools.partial(predict_portions, network, batch_size=self.batch_size)
         task = job.task
         read = _sample_region(job.sample, task.read_region)
@@ -351,7 +238,8 @@ def inpaint_bcdi(
     gaps : sequence of str
         Gaps ``AXIS:START:WIDTH`` (:func:`rayproc.bcdi.gaps.parse_gap`); all masks are combined.
     model : str, torch.nn.Module or None
-        See :func:`load_inpainting_model`.
+        A model directory, None for the shipped ``bcdi-default``, or a network ``model(x, mask)``
+        (see :func:`rayproc.models.artifact.resolve_model`).
     stride, blend, batch_size
         See :func:`rayproc.bcdi.inpaint.inpaint_volume`.
     chunk : int
@@ -364,7 +252,7 @@ def inpaint_bcdi(
     storage_options : dict, optional
         fsspec options for ``s3://`` input, mask and output.
     overwrite : bool
-        Replace an output made with other parameters.
+        Replace an output store rayproc made earlier (never any other folder or file).
     progress : bool
         Show a progress bar (chunks).
     command : str, optional
@@ -378,13 +266,11 @@ def inpaint_bcdi(
     """
     blend = look_up_option(blend, BLEND_MODES, name="blend")
     check_counts(stride=stride, chunk=chunk, batch_size=batch_size, workers=workers)
-    location = resolve(out, storage_options)
-    claim_store(location, inputs=[source, mask], overwrite=overwrite)
+    stage = ResumableStage.claim(out, [source, mask], storage_options=storage_options, overwrite=overwrite)
     gaps = [f"{a}:{s}:{w}" for a, s, w in (parse_gap(g) for g in gaps)]
-    device = "cuda" if gpu else "cpu"
-    network, model_description = load_inpainting_model(model, device="cpu")
-    patch = int(model_description["patch_size"] or PORTION)
-    data = _open_input(source, storage_options)
+    network, resolved = resolve_model(model, "bcdi", device="cpu")
+    patch = int(resolved.patch_size or PORTION)
+    data = _open_volumes(source, storage_options)
     mask_of = _MaskBuilder(data, _read_mask_file(mask, storage_options) if mask else None, gaps)
 
     jobs, windows = [], 0
@@ -396,60 +282,40 @@ def inpaint_bcdi(
         for task in plan_chunks(data.volume_shape, chunk, origins, patch):
             jobs.append(_ChunkJob(task_name(sample, task.index), sample, task, origins[list(task.windows)]))
 
-    parameters = {"input": data.url, "mask": resolve(mask, storage_options).url if mask else None, "gaps": gaps,
-                  "model": model_description, "stride": int(stride), "blend": blend, "patch": patch,
-                  "chunk": int(chunk), "batch_size": int(batch_size)}
-    all_tasks = [task_name(s) for s in data.samples] + [job.name for job in jobs]
-    with ray_session(address, cpus=cpus, workers=workers, actor_cpus=cpus_per_worker, actor_gpus=1.0 if gpu else 0.0):
-        status = create_dataset(
-            location, _output_arrays(data, chunk), coords=data.coords,
-            attrs=_output_attrs(data.attrs),
-            provenance_attrs=provenance(command or command_line(), parameters), overwrite=overwrite,
-            inputs=[source, mask],
-        )
-        if status == "complete":
-            return InpaintReport(location.url, len(data.samples), len(jobs), 0, windows, status)
-        finished = done_tasks(location)
+    def write_masks(finished: set[str]) -> None:
         for sample in data.samples:
             if task_name(sample) not in finished:
                 region = _sample_region(sample, (slice(None),) * 3)
-                write_task(location, task_name(sample), {"mask": (region, mask_of(sample))})
-        todo = [job for job in jobs if job.name not in finished]
-        import ray
+                write_task(stage.location, task_name(sample), {"mask": (region, mask_of(sample))})
 
-        volume_ref = None if data.location else ray.put(data.intensity)
-        shared = _Shared(ray.put(network), data.location, volume_ref)
-        factory = functools.partial(_ChunkInpainter, location, device=device, threads=max(1, int(cpus_per_worker)),
-                                    blend=blend, batch_size=int(batch_size), patch=patch)
-        results = list(run_stage(factory, [dataclasses.replace(job, shared=shared) for job in todo], workers=workers,
-                                 cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if gpu else 0.0,
-                                 desc="inpainting chunks", progress=progress, on_start=on_start,
-                                 done_before=len(jobs) - len(todo), total=len(jobs)))
-    finalize(location, all_tasks)
-    peak = max((r.peak_rss_mb for r in results), default=None)
-    return InpaintReport(location.url, len(data.samples), len(jobs), len(results), windows, status, peak)
-
-
-def _output_attrs(input_attrs: dict) -> dict:
-    """The input's attrs, its provenance kept as ``input_provenance`` (the output gets its own)."""
-    attrs = {k: v for k, v in input_attrs.items() if k not in ("provenance", "rayproc_status")}
-    if "provenance" in input_attrs:
-        attrs["input_provenance"] = input_attrs["provenance"]
-    return {**attrs, "title": "BCDI intensity with inpainted detector gaps"}
+    parameters = {"input": data.intensity.url, "mask": resolve(mask, storage_options).url if mask else None,
+                  "gaps": gaps, "model": resolved.describe(), "stride": int(stride), "blend": blend, "patch": patch,
+                  "chunk": int(chunk), "batch_size": int(batch_size)}
+    actors = Actors(workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker, address=address, cpus=cpus)
+    factory = functools.partial(_ChunkInpainter, stage.location, device=actors.device, threads=actors.threads,
+                                blend=blend, batch_size=int(batch_size), patch=patch)
+    run = stage.run(
+        _output_arrays(data.intensity, chunk), jobs, factory, network=network, data=data.intensity, actors=actors,
+        parameters=parameters, coords=data.intensity.coords,
+        attrs=output_attrs(data.intensity.attrs, "BCDI intensity with inpainted detector gaps"), command=command,
+        desc="inpainting chunks", progress=progress, on_start=on_start, prepare=write_masks,
+        driver_tasks=[task_name(s) for s in data.samples])
+    peak = max((r.peak_rss_mb for r in run.results), default=None)
+    return InpaintReport(stage.location.url, len(data.samples), len(jobs), run.computed, windows, run.status, peak)
 
 
-def _output_arrays(data: _Input, chunk: int) -> dict[str, ArraySpec]:
-    shape = tuple(int(n) for n in data.intensity.shape)
+def _output_arrays(intensity: InputArray, chunk: int) -> dict[str, ArraySpec]:
+    shape, dims = intensity.shape, intensity.dims
     chunks = tuple(1 if (len(shape) == 4 and axis == 0) else min(chunk, n) for axis, n in enumerate(shape))
-    units = dict(getattr(data.intensity, "attrs", {})).get("units", "photons")
+    units = intensity.variable_attrs.get("units", "photons")
     return {
-        "intensity": ArraySpec(data.dims, shape, "float32", chunks=chunks,
+        "intensity": ArraySpec(dims, shape, "float32", chunks=chunks,
                                attrs={"units": units, "long_name": "intensity, detector gaps inpainted"}),
-        "mask": ArraySpec(data.dims, shape, "bool", chunks=chunks, fill_value=False,
+        "mask": ArraySpec(dims, shape, "bool", chunks=chunks, fill_value=False,
                           attrs={"long_name": "missing voxels (True: inpainted)"}),
-        "uncertainty": ArraySpec(data.dims, shape, "float32", chunks=chunks,
+        "uncertainty": ArraySpec(dims, shape, "float32", chunks=chunks,
                                  attrs={"units": units, "long_name": "spread of overlapping portion predictions"}),
     }
 
 
-__all__ = ["DEFAULT_CHUNK", "InpaintReport", "inpaint_bcdi", "is_zarr_store", "load_inpainting_model", "task_name"]
+__all__ = ["DEFAULT_CHUNK", "InpaintReport", "VOLUME_COORDS", "inpaint_bcdi", "task_name"]

@@ -1,7 +1,10 @@
 """``rayproc bcdi train`` / ``finetune``: train the BCDI gap-inpainting network with Ray Train.
 
 * :func:`train_loop` is plain torch for one data-parallel worker, driven by a config dict
-  (:class:`TrainSpec`). Ray appears only in
+  (:class:`TrainSpec`): the model, the portion datasets
+  (:class:`rayproc.bcdi.portion_dataset.PortionDataset` reading volumes through
+  :class:`~rayproc.pipelines.bcdi.portion_data.VolumeReader`), :func:`inpainting_step` and
+  :func:`gap_pcc_scores` handed to :func:`rayproc.runtime.epochs.run_epochs`. Ray appears only in
   :class:`~rayproc.runtime.training.RayTrainSession` (prepare_model, prepare_data_loader,
   report with a Checkpoint, get_checkpoint); outside Ray Train
   :class:`~rayproc.runtime.training.InProcessSession` stands in for it, so the same function
@@ -29,9 +32,7 @@ References
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,18 +42,18 @@ import torch
 
 from rayproc.bcdi.gaps import GAP_KINDS, gaps_to_mask
 from rayproc.bcdi.metrics import gap_pcc
-from rayproc.pipelines.bcdi.portion_data import PortionDataset, VolumeCache, VolumeRef, list_volumes
+from rayproc.bcdi.network import BcdiNetConfig, build_bcdi_net
+from rayproc.bcdi.portion_dataset import PortionDataset
 from rayproc.bcdi.portions import NormStats, denormalise_portion
 from rayproc.errors import InputError
-from rayproc.models.artifact import load_model
-from rayproc.bcdi.network import BcdiNetConfig, build_bcdi_net
+from rayproc.models.artifact import resolve_model
 from rayproc.models.losses import inpainting_loss
-from rayproc.runtime.epochs import Precision, run_epochs, start_worker, sum_across_workers
-from rayproc.storage.outputs import claim_folder
+from rayproc.pipelines.bcdi.portion_data import VolumeReader, VolumeRef, list_volumes
+from rayproc.runtime.epochs import Scores, run_epochs, start_worker
 from rayproc.runtime.training import (
-    InProcessSession, RayTrainSession, TrainReport, export_best, latest_checkpoint, plot_curves, read_history, run_name,
-    run_training, write_epoch,
+    BaseTrainSpec, TrainReport, export_best, plot_curves, run_training, session_for, write_epoch,
 )
+from rayproc.storage.outputs import claim_folder
 
 GAP_WIDTHS = (3, 6, 9, 12)
 NORMALISATION = {
@@ -63,20 +64,20 @@ NORMALISATION = {
 # Adam learning rate per architecture: masto2024 (sigmoid output, no prior) collapses to an
 # all-zero gap within ~10 steps at 1e-3 on the simulated set; at 1e-4 it learns.
 DEFAULT_LR = {"gapnet": 1e-3, "masto2024": 1e-4}
-@dataclass(frozen=True)
-class TrainSpec:
-    """Everything one training worker needs; travels to Ray workers as a dict.
 
-    ``volumes`` / ``val_volumes`` are :class:`VolumeRef` dicts (no ``val_volumes``: the
-    validation portions are a separate draw from the training volumes). ``exclude_mask`` (a
-    file) or ``exclude_gaps`` (``AXIS:START:WIDTH``) mark real gaps no portion may touch.
-    ``init_model`` is a model directory to start from. ``checkpoints`` is the storage URL of
-    an in-process (``workers=0``) run. ``fail_once_after_epoch`` injects a failure (tests):
-    an attempt that started from scratch raises after checkpointing that epoch.
+
+@dataclass(frozen=True)
+class TrainSpec(BaseTrainSpec):
+    """Everything one BCDI training worker needs (besides :class:`~rayproc.runtime.training.BaseTrainSpec`'s).
+
+    ``volumes`` / ``val_volumes`` are :class:`~rayproc.pipelines.bcdi.portion_data.VolumeRef`
+    dicts (no ``val_volumes``: the validation portions are a separate draw from the training
+    volumes). ``exclude_mask`` (a file) or ``exclude_gaps`` (``AXIS:START:WIDTH``) mark real
+    gaps no portion may touch. ``init_model`` is a model directory to start from. The spec
+    checks on construction that the network, portion size, gap widths and volumes fit together.
     """
 
     volumes: tuple[dict, ...]
-    out: str
     val_volumes: tuple[dict, ...] = ()
     arch: dict = field(default_factory=lambda: BcdiNetConfig().to_dict())
     patch_size: int = 32
@@ -85,32 +86,29 @@ class TrainSpec:
     gap_widths: tuple[int, ...] = GAP_WIDTHS
     gap_kinds: tuple[str, ...] = GAP_KINDS
     prefer_periphery: bool = True
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    seed: int = 0
-    gpu: bool = False
-    cpus_per_worker: float = 1.0
-    loader_workers: int = 0
     init_model: str | None = None
     exclude_mask: str | None = None
     exclude_gaps: tuple[str, ...] = ()
-    storage_options: dict = field(default_factory=dict)
-    checkpoints: str | None = None
-    ray_train: bool = False
-    progress: bool = True
-    fail_once_after_epoch: int | None = None
 
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainSpec":
-        values = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
-        for name in ("volumes", "val_volumes", "gap_widths", "gap_kinds", "exclude_gaps"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        config = BcdiNetConfig.from_dict(self.arch)
+        factor = 2 ** config.depth
+        if not self.volumes:
+            problems.append("no training volumes given")
+        if min(self.portions_per_volume, self.val_portions_per_volume) < 1:
+            problems.append(f"portions per volume must be >= 1 (got {self.portions_per_volume} for training, "
+                            f"{self.val_portions_per_volume} for validation)")
+        if self.patch_size % factor or self.patch_size < 8:
+            problems.append(f"patch size {self.patch_size} must be >= 8 and a multiple of {factor} for depth "
+                            f"{config.depth}")
+        if not self.gap_widths or not all(1 <= w < self.patch_size for w in self.gap_widths):
+            problems.append(f"gap widths {self.gap_widths} must lie in [1, {self.patch_size})")
+        small = [VolumeRef.from_dict(v) for v in (*self.volumes, *self.val_volumes)]
+        small = [str(v) for v in small if min(v.shape) < self.patch_size]
+        if small:
+            problems.append(f"{small[0]} is smaller than a {self.patch_size}^3 portion")
+        return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,14 +116,13 @@ class TrainSpec:
 # ---------------------------------------------------------------------------------------------
 
 
-def datasets_for(spec: TrainSpec, *, cache: VolumeCache | None = None) -> tuple[PortionDataset, PortionDataset]:
-    """Training and validation datasets of a spec (stream 0 and 1 of the same seed)."""
-    cache = cache if cache is not None else VolumeCache()
+def datasets_for(spec: TrainSpec, *, read: VolumeReader | None = None) -> tuple[PortionDataset, PortionDataset]:
+    """Training and validation datasets of a spec (stream 0 and 1 of the same seed, one volume cache)."""
+    read = read if read is not None else VolumeReader(spec.storage_options)
     volumes = [VolumeRef.from_dict(v) for v in spec.volumes]
     common = dict(
-        seed=spec.seed, size=spec.patch_size, gap_widths=spec.gap_widths, gap_kinds=spec.gap_kinds,
+        read=read, seed=spec.seed, size=spec.patch_size, gap_widths=spec.gap_widths, gap_kinds=spec.gap_kinds,
         prefer_periphery=spec.prefer_periphery, exclude=exclusion_mask(spec, volumes[0].shape),
-        storage_options=spec.storage_options, cache=cache,
     )
     val_volumes = [VolumeRef.from_dict(v) for v in spec.val_volumes] or volumes
     return (
@@ -149,56 +146,37 @@ def exclusion_mask(spec: TrainSpec, shape) -> np.ndarray | None:
     return mask
 
 
-def train_one_epoch(model, loader, optimizer, precision: Precision, *, progress=None) -> float:
-    """One pass over ``loader``; returns the mean inpainting loss over all workers' portions."""
-    model.train()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for batch in loader:
-        target, mask = batch["target"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
-            pred = model(target, mask)
-        loss = inpainting_loss(pred.float(), target, mask)
-        precision.scaler.scale(loss).backward()
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
-        total += float(loss.detach()) * len(target)
-        count += len(target)
-        if progress is not None:
-            progress.update(len(target))
-    loss_sum, n = sum_across_workers([total, count], device)
-    return float(loss_sum / max(n, 1))
+def inpainting_step(model, batch: dict) -> tuple[torch.Tensor, int]:
+    """Loss of a batch of gapped portions: MAE + (1 - SSIM) + gradient MAE of the network's
+    fill of ``target``'s gaps (:func:`rayproc.models.losses.inpainting_loss`), and the batch size."""
+    target, mask = batch["target"], batch["mask"]
+    return inpainting_loss(model(target, mask), target, mask), len(target)
 
 
-@torch.no_grad()
-def evaluate(model, loader, precision: Precision, gap_widths) -> dict:
-    """Validation loss and mean in-gap PCC ([1]_ eq. 1) overall and per gap width."""
-    model.eval()
-    device = next(model.parameters()).device
-    widths = list(gap_widths)
-    loss_sum = count = 0.0
-    pcc_sum, pcc_n = np.zeros(len(widths)), np.zeros(len(widths))
-    for batch in loader:
-        target, mask = batch["target"].to(device), batch["mask"].to(device)
-        with precision.autocast():
-            pred = model(target, mask)
-        pred = pred.float()
-        loss_sum += float(inpainting_loss(pred, target, mask)) * len(target)
-        count += len(target)
-        stats = NormStats(batch["lo"].cpu().numpy(), batch["hi"].cpu().numpy())
-        pred_counts = np.maximum(denormalise_portion(pred[:, 0].cpu().numpy(), stats), 0)
-        true_counts = np.maximum(denormalise_portion(target[:, 0].cpu().numpy(), stats), 0)
-        in_gap = mask[:, 0].cpu().numpy() > 0.5
-        for b, width in enumerate(batch["width"].tolist()):
-            pcc = gap_pcc(pred_counts[b], true_counts[b], in_gap[b])
-            if np.isfinite(pcc) and width in widths:
-                pcc_sum[widths.index(width)] += pcc
-                pcc_n[widths.index(width)] += 1
-    totals = sum_across_workers([loss_sum, count, *pcc_sum, *pcc_n], device)
-    loss_sum, count, pcc_sum, pcc_n = totals[0], totals[1], totals[2:2 + len(widths)], totals[2 + len(widths):]
-    row = {"val_loss": float(loss_sum / max(count, 1)),
-           "val_pcc": float(pcc_sum.sum() / pcc_n.sum()) if pcc_n.sum() else None}
+def gap_pcc_scores(gap_widths) -> Scores:
+    """Validation scores: mean in-gap PCC ([1]_ eq. 1) of the counts, overall and per gap width."""
+    widths = tuple(int(w) for w in gap_widths)
+    return Scores(2 * len(widths), functools.partial(_add_gap_pccs, widths=widths),
+                  functools.partial(_gap_pcc_row, widths=widths))
+
+
+def _add_gap_pccs(totals: np.ndarray, pred: torch.Tensor, batch: dict, *, widths: tuple[int, ...]) -> None:
+    """Add each portion's in-gap PCC to its width's sum (``totals[:k]``) and count (``totals[k:]``)."""
+    pcc_sum, pcc_n = totals[:len(widths)], totals[len(widths):]
+    stats = NormStats(batch["lo"].cpu().numpy(), batch["hi"].cpu().numpy())
+    pred_counts = np.maximum(denormalise_portion(pred[:, 0].cpu().numpy(), stats), 0)
+    true_counts = np.maximum(denormalise_portion(batch["target"][:, 0].cpu().numpy(), stats), 0)
+    in_gap = batch["mask"][:, 0].cpu().numpy() > 0.5
+    for b, width in enumerate(batch["width"].tolist()):
+        pcc = gap_pcc(pred_counts[b], true_counts[b], in_gap[b])
+        if np.isfinite(pcc) and width in widths:
+            pcc_sum[widths.index(width)] += pcc
+            pcc_n[widths.index(width)] += 1
+
+
+def _gap_pcc_row(totals: np.ndarray, *, widths: tuple[int, ...]) -> dict:
+    pcc_sum, pcc_n = totals[:len(widths)], totals[len(widths):]
+    row = {"val_pcc": float(pcc_sum.sum() / pcc_n.sum()) if pcc_n.sum() else None}
     for width, s, n in zip(widths, pcc_sum, pcc_n):
         row[f"val_pcc_w{width}"] = float(s / n) if n else None
     return row
@@ -213,15 +191,14 @@ def train_loop(config: dict) -> None:
     Resumes from the latest checkpoint when there is one (:func:`rayproc.runtime.epochs.run_epochs`).
     """
     spec = TrainSpec.from_dict(config)
-    session = RayTrainSession() if spec.ray_train else InProcessSession(spec, record_epoch, unit="portion")
+    session = session_for(spec, record_epoch, unit="portion")
     start_worker(spec)
     model = build_bcdi_net(spec.arch)
     if spec.init_model:
-        model.load_state_dict(load_model(spec.init_model)[0].state_dict())
+        model.load_state_dict(resolve_model(spec.init_model, "bcdi")[0].state_dict())
     train_set, val_set = datasets_for(spec)
-    run_epochs(spec, session, model, session.device(spec.gpu), train_set, val_set, train_epoch=train_one_epoch,
-               validate=functools.partial(evaluate, gap_widths=spec.gap_widths), rate_key="portions_per_second",
-               summary=_summary)
+    run_epochs(spec, session, model, session.device(spec.gpu), train_set, val_set, step=inpainting_step,
+               scores=gap_pcc_scores(spec.gap_widths), rate_key="portions_per_second", summary=_summary)
 
 
 def _summary(row: dict, epochs: int) -> str:
@@ -260,29 +237,9 @@ def split_volumes(volumes: list, fraction: float, seed: int) -> tuple[list, list
     return [v for i, v in enumerate(volumes) if i not in held], [v for i, v in enumerate(volumes) if i in held]
 
 
-def _check_spec(spec: TrainSpec) -> None:
-    config = BcdiNetConfig.from_dict(spec.arch)
-    factor = 2 ** config.depth
-    problems = []
-    if spec.epochs < 1 or spec.batch_size < 1 or spec.portions_per_volume < 1:
-        problems.append(f"epochs, batch size and portions per volume must be >= 1 (got {spec.epochs}, "
-                        f"{spec.batch_size}, {spec.portions_per_volume})")
-    if spec.patch_size % factor or spec.patch_size < 8:
-        problems.append(f"patch size {spec.patch_size} must be >= 8 and a multiple of {factor} for depth {config.depth}")
-    if not spec.gap_widths or not all(1 <= w < spec.patch_size for w in spec.gap_widths):
-        problems.append(f"gap widths {spec.gap_widths} must lie in [1, {spec.patch_size})")
-    small = [VolumeRef.from_dict(v) for v in (*spec.volumes, *spec.val_volumes)]
-    small = [str(v) for v in small if min(v.shape) < spec.patch_size]
-    if small:
-        problems.append(f"{small[0]} is smaller than a {spec.patch_size}^3 portion")
-    if problems:
-        raise InputError("; ".join(problems) + ".")
-
-
 def _run(spec: TrainSpec, *, workers: int, storage: str | None, max_failures: int, address: str | None,
          cpus: int | None, command: str | None, stage: dict) -> TrainReport:
     """Train ``spec`` (resuming its run if any) and export the best epoch to ``spec.out``."""
-    _check_spec(spec)
     return run_training(spec, train_loop, record=functools.partial(record_epoch, spec.out),
                         export=functools.partial(_export, spec, command=command, stage=stage), workers=workers,
                         storage=storage, max_failures=max_failures, address=address, cpus=cpus)
@@ -321,7 +278,6 @@ def train_bcdi(
     storage_options: dict | None = None,
     progress: bool = True,
     command: str | None = None,
-    fail_once_after_epoch: int | None = None,
 ) -> TrainReport:
     """Train a BCDI inpainting network on the volumes of zarr stores ``data``; write it to ``out``.
 
@@ -367,8 +323,6 @@ def train_bcdi(
         Progress bar and per-epoch summary lines.
     command : str, optional
         Command line recorded in the provenance (default: this process's).
-    fail_once_after_epoch : int, optional
-        Testing hook: a worker fails once after checkpointing this epoch.
 
     Returns
     -------
@@ -391,7 +345,7 @@ def train_bcdi(
         gap_widths=tuple(int(w) for w in gap_widths),
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, gpu=gpu,
         cpus_per_worker=cpus_per_worker, loader_workers=loader_workers,
-        storage_options=storage_options, progress=progress, fail_once_after_epoch=fail_once_after_epoch,
+        storage_options=storage_options, progress=progress,
     )
     return _run(spec, workers=workers, storage=storage, max_failures=max_failures, address=address, cpus=cpus,
                 command=command, stage={"stage": "trained"})
@@ -429,12 +383,8 @@ def finetune_bcdi(
     and gap widths. Validation is a separate draw of such portions. The result records
     ``"stage": "fine-tuned on target"`` and the base model in its provenance.
     """
-    from rayproc.models.artifact import read_model_info
-
-    load_model(model_dir)  # refuse a tampered or unreadable base model here, not in the workers
-    info = read_model_info(model_dir)
-    if info.family != "bcdi":
-        raise InputError(f"{model_dir} is a {info.family!r} model; fine-tuning needs a 'bcdi' one.")
+    # refuse a tampered, unreadable or LabDCT base model here, not in the workers
+    info = resolve_model(model_dir, "bcdi")[1].info
     if mask is None and not gaps:
         raise InputError("fine-tuning needs the target's gaps: give --mask FILE or --gap AXIS:START:WIDTH.")
     claim_folder(out, inputs=[model_dir, volume, mask], create=False)
@@ -456,7 +406,6 @@ def finetune_bcdi(
         exclude_gaps=tuple(gaps),
         storage_options=storage_options, progress=progress,
     )
-    _check_spec(spec)
     for dataset in datasets_for(spec):
         dataset.plan(0)  # enough portions away from the gaps? (raises a clear error here if not)
     stage = {"stage": "fine-tuned on target",
@@ -470,20 +419,15 @@ __all__ = [
     "DEFAULT_LR",
     "GAP_WIDTHS",
     "NORMALISATION",
-    "Precision",
-    "TrainReport",
     "TrainSpec",
     "datasets_for",
-    "evaluate",
     "exclusion_mask",
     "finetune_bcdi",
-    "latest_checkpoint",
+    "gap_pcc_scores",
+    "inpainting_step",
     "plot_history",
-    "read_history",
     "record_epoch",
-    "run_name",
     "split_volumes",
     "train_bcdi",
     "train_loop",
-    "train_one_epoch",
 ]

@@ -23,12 +23,14 @@ import xarray as xr
 
 from rayproc.errors import InputError
 from rayproc.labdct.background import extract_background
-from rayproc.storage import command_line, open_dataset, provenance, resolve, write_dataset
+from rayproc.storage import command_line, provenance, resolve, write_dataset
+from rayproc.storage.inputs import InputArray, open_input
 from rayproc.storage.outputs import claim_store
-from rayproc.storage.readers import read_volume
 
 # Variables holding frames in a zarr store, in the order they are looked for.
 FRAME_VARIABLES = ("input", "projection", "intensity", "background")
+# Dims of frames read from a file.
+FILE_FRAME_DIMS = ("frame", "y", "x")
 
 
 @dataclass(frozen=True)
@@ -40,36 +42,51 @@ class BackgroundReport:
     masked_fraction: float
 
 
-def read_frames(source: str, *, storage_options: dict | None = None) -> tuple[np.ndarray, dict]:
-    """A stack of frames ``(N, H, W)`` float32 and how it was read.
+def open_frames(source: str, *, storage_options: dict | None = None, file_dims: tuple[str, ...] = FILE_FRAME_DIMS,
+                file_coords: dict | None = None) -> InputArray:
+    """The frames of ``source``, opened lazily (:func:`rayproc.storage.inputs.open_input`).
 
-    ``source`` is a zarr store (its first variable of :data:`FRAME_VARIABLES`) or anything
-    :func:`rayproc.storage.readers.read_volume` reads (a TIFF folder in name order, a TIFF,
-    ``.npy``/``.npz``, ``file.h5:/dataset``). The info dict holds ``source``, ``variable`` or
-    ``format``, and for stores the ``dims`` and ``coords`` (xarray Variables) of the stack.
+    Parameters
+    ----------
+    source : str
+        A zarr store (its first variable of :data:`FRAME_VARIABLES`), or anything
+        :func:`rayproc.storage.readers.read_volume` reads (a TIFF folder in name order, a TIFF,
+        ``.npy``/``.npz``, ``file.h5:/dataset``).
+    storage_options : dict, optional
+        fsspec options for ``s3://``.
+    file_dims : tuple of str, optional
+        Dims of frames read from a file.
+    file_coords : dict, optional
+        Index coordinates of frames read from a file, ``{dim: attrs}``; default: the frame
+        index alone, without attrs.
+
+    Returns
+    -------
+    InputArray
     """
-    from rayproc.pipelines.bcdi.inpaint import is_zarr_store
+    return open_input(source, FRAME_VARIABLES, storage_options=storage_options, what="frames", file_dims=file_dims,
+                      file_coords={file_dims[0]: {}} if file_coords is None else file_coords)
 
-    location = resolve(source, storage_options)
-    if is_zarr_store(location):
-        ds = open_dataset(location)
-        name = next((v for v in FRAME_VARIABLES if v in ds), None)
-        if name is None:
-            raise InputError(f"{location.url} holds no frames: expected one of {FRAME_VARIABLES}; "
-                             f"it holds {sorted(ds.data_vars)}.")
-        frames = ds[name]
-        coords = {d: ds[d].variable for d in frames.dims if d in ds.coords}
-        info = {"source": location.url, "variable": name, "dims": frames.dims, "coords": coords}
-        stack = frames.values.astype(np.float32)
-    elif location.is_remote:
-        raise InputError(f"no zarr store at {location.url} (no zarr.json found)")
-    else:
-        stack, info = read_volume(source)
+
+def check_stack(stack: np.ndarray, source: str) -> np.ndarray:
+    """``stack`` when it is a finite stack of frames ``(N, H, W)``; else a one-line error."""
     if stack.ndim != 3 or min(stack.shape) < 1:
         raise InputError(f"frames must be a stack (N, H, W); got shape {stack.shape} from {source}.")
     if not np.isfinite(stack).all():
         raise InputError(f"{source} holds NaN or infinite values; got non-finite frames.")
-    return stack, info
+    return stack
+
+
+def read_frames(source: str, *, storage_options: dict | None = None) -> tuple[np.ndarray, InputArray]:
+    """A stack of frames ``(N, H, W)`` float32, checked, and the input it was read from.
+
+    ``source`` is a zarr store or a file (see :func:`open_frames`); the :class:`InputArray`
+    says where the frames came from: ``dims`` and coordinates (a file's are
+    :data:`FILE_FRAME_DIMS`, with a ``frame`` index), the store's ``name`` and the
+    ``frame_names`` of a TIFF folder.
+    """
+    frames = open_frames(source, storage_options=storage_options)
+    return check_stack(frames.values(), source), frames
 
 
 def beamstop_mask(geometry: str | None, shape: tuple[int, int]) -> np.ndarray | None:
@@ -103,7 +120,7 @@ def extract_background_store(
     Parameters
     ----------
     frames : str
-        Real frames: a TIFF folder, a stack file or a zarr store (see :func:`read_frames`).
+        Real frames: a TIFF folder, a stack file or a zarr store (see :func:`open_frames`).
     out : str
         Output zarr store (path or ``s3://`` URL).
     rolling : int
@@ -115,7 +132,7 @@ def extract_background_store(
     storage_options : dict, optional
         fsspec options for ``s3://`` stores.
     overwrite : bool
-        Replace an existing store.
+        Replace an output store rayproc made earlier (never any other folder or file).
     command : str, optional
         Command line recorded in the provenance.
 
@@ -128,7 +145,7 @@ def extract_background_store(
 
     location = resolve(out, storage_options)
     claim_store(location, inputs=[frames], overwrite=overwrite)
-    stack, info = read_frames(frames, storage_options=storage_options)
+    stack, source = read_frames(frames, storage_options=storage_options)
     beamstop = beamstop_mask(beamstop_from, stack.shape[1:])
     params = {"frames": str(frames), "rolling": rolling, "beamstop_from": beamstop_from,
               "sobel_threshold": sobel_threshold, "dilation_radius": dilation_radius, "smooth_sigma": smooth_sigma}
@@ -139,7 +156,7 @@ def extract_background_store(
     masked = float(np.mean([spot_fill_mask(f, sobel_threshold=sobel_threshold, dilation_radius=dilation_radius,
                                            beamstop=beamstop).mean() for f in stack]))
     n, ny, nx = background.shape
-    names = info.get("frames") or [f"{info.get('variable', 'frame')}[{i}]" for i in range(n)]
+    names = source.frame_names or [f"{source.name or 'frame'}[{i}]" for i in range(n)]
     variables = {"background": (("frame", "y", "x"), background,
                                 {"long_name": "background image, each frame divided by its maximum", "units": "1"})}
     if beamstop is not None:
@@ -154,4 +171,5 @@ def extract_background_store(
     return BackgroundReport(location.url, n, (ny, nx), seconds, masked)
 
 
-__all__ = ["BackgroundReport", "FRAME_VARIABLES", "beamstop_mask", "extract_background_store", "read_frames"]
+__all__ = ["BackgroundReport", "FILE_FRAME_DIMS", "FRAME_VARIABLES", "beamstop_mask", "check_stack",
+           "extract_background_store", "open_frames", "read_frames"]

@@ -9,41 +9,39 @@ and torch thread count); whole frames also keep the per-frame normalisation (the
 median) exact without a halo. An actor holds one slab: ``frames_per_task`` frames in and out.
 Each slab leaves a done marker: a rerun of the same command computes only the missing ones.
 
-Inputs: a zarr store with frames (omega, y, x) in the first of
-:data:`rayproc.pipelines.labdct.background.FRAME_VARIABLES` it holds (``projection`` of
-``rayproc labdct simulate``, ``input`` of ``labdct synth``, ``intensity`` of ``rayproc
-ingest``), local or ``s3://``, or anything :func:`rayproc.storage.readers.read_volume` reads
-(a TIFF folder in name order, a stack file). Everything is checked before the output store is
-created.
+Inputs (:func:`rayproc.pipelines.labdct.background.open_frames`): a zarr store with frames
+(omega, y, x) in the first of :data:`rayproc.pipelines.labdct.background.FRAME_VARIABLES` it
+holds (``projection`` of ``rayproc labdct simulate``, ``input`` of ``labdct synth``,
+``intensity`` of ``rayproc ingest``), local or ``s3://``, or anything
+:func:`rayproc.storage.readers.read_volume` reads (a TIFF folder in name order, a stack file).
+Everything is checked before the output store is created; the store, the actors and resuming
+are :class:`rayproc.pipelines._stage.ResumableStage`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import xarray as xr
 
 from rayproc.errors import InputError
 from rayproc.labdct.denoise import (
-    DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_OVERLAP, DEFAULT_TILE, denoise_frames, normalise_frames, plan_tiles,
+    DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_OVERLAP, DEFAULT_TILE, FAMILY, denoise_frames, normalise_frames,
+    plan_tiles,
 )
+from rayproc.models.artifact import resolve_model
 from rayproc.options import check_counts, look_up_option
-from rayproc.pipelines.bcdi.inpaint import _output_attrs, _zarr_array, is_zarr_store
-from rayproc.pipelines.labdct.background import FRAME_VARIABLES, read_frames
-from rayproc.pipelines.labdct.segment import load_spot_network
-from rayproc.runtime import ray_session, run_stage
-from rayproc.storage.outputs import claim_store
+from rayproc.pipelines._stage import Actors, ResumableStage, SharedObjects, output_attrs
+from rayproc.pipelines.labdct.background import check_stack, open_frames
+from rayproc.pipelines.labdct.segment import spot_scale
 from rayproc.stitching import BLEND_MODES
-from rayproc.storage import (
-    ArraySpec, Location, command_line, create_dataset, done_tasks, finalize, open_dataset, provenance, resolve,
-    write_task,
-)
+from rayproc.storage import ArraySpec, Location, write_task
+from rayproc.storage.inputs import PIXEL_COORDS
 
 DEFAULT_FRAMES_PER_TASK = 4
+# Dims of frames read from a file, and the attrs of their index coordinates.
+FILE_COORDS = {"omega": {"units": "frame", "long_name": "frame (file order)"}, **PIXEL_COORDS}
 
 
 @dataclass(frozen=True)
@@ -58,28 +56,11 @@ class DenoiseReport:
 
 
 @dataclass(frozen=True)
-class _Shared:
-    """What every slab needs, by reference: the network and the frames (a zarr variable that
-    actors read slabs of, or a stack in Ray's object store)."""
-
-    network_ref: Any
-    location: Location | None = None
-    variable: str | None = None
-    stack_ref: Any = None
-
-    def fetch(self):
-        import ray
-
-        frames = _zarr_array(self.location, self.variable) if self.stack_ref is None else ray.get(self.stack_ref)
-        return ray.get(self.network_ref), frames
-
-
-@dataclass(frozen=True)
 class _SlabJob:
     name: str
     start: int
     stop: int
-    shared: _Shared | None = None
+    shared: SharedObjects | None = None
 
 
 class _SlabDenoiser:
@@ -94,8 +75,7 @@ class _SlabDenoiser:
 
     def __call__(self, job: _SlabJob) -> str:
         if self.network is None:
-            network, self.frames = job.shared.fetch()
-            self.network = network.to(self.device).eval()
+            self.network, self.frames = job.shared.fetch(self.device)
         slab = np.asarray(self.frames[job.start:job.stop], dtype=np.float32)
         denoised = denoise_frames(slab, self.network, **self.options)
         write_task(self.out, job.name, {"denoised": ((slice(job.start, job.stop),), denoised)})
@@ -105,43 +85,6 @@ class _SlabDenoiser:
 def task_name(start: int) -> str:
     """Done-marker name of the slab starting at frame ``start``."""
     return f"frames-{start:06d}"
-
-
-@dataclass(frozen=True)
-class _Input:
-    """The frames as the driver sees them: sliceable (lazy for a zarr store), dims, coords, attrs."""
-
-    url: str
-    frames: Any  # (N, H, W)
-    dims: tuple[str, ...]
-    coords: dict
-    attrs: dict
-    location: Location | None = None  # a zarr store actors read ``variable`` from, else None (in memory)
-    variable: str | None = None
-
-
-def _open_input(source: str, storage_options: dict | None) -> _Input:
-    location = resolve(source, storage_options)
-    if is_zarr_store(location):
-        ds = open_dataset(location)
-        variable = next((v for v in FRAME_VARIABLES if v in ds), None)
-        if variable is None:
-            raise InputError(f"{location.url} holds no frames: expected one of {FRAME_VARIABLES}; "
-                             f"it holds {sorted(ds.data_vars)}.")
-        frames = ds[variable]
-        if frames.ndim != 3:
-            raise InputError(f"{location.url}: {variable} must be (omega, y, x); got dims {frames.dims}, "
-                             f"shape {frames.shape}.")
-        coords = {d: ds[d].variable for d in frames.dims if d in ds.coords}
-        return _Input(location.url, frames, tuple(frames.dims), coords, dict(ds.attrs), location, variable)
-    stack, info = read_frames(source, storage_options=storage_options)
-    count, height, width = stack.shape
-    coords = {
-        "omega": xr.Variable("omega", np.arange(count), {"units": "frame", "long_name": "frame (file order)"}),
-        "y": xr.Variable("y", np.arange(height), {"units": "pixel", "long_name": "detector row"}),
-        "x": xr.Variable("x", np.arange(width), {"units": "pixel", "long_name": "detector column"}),
-    }
-    return _Input(location.url, stack, ("omega", "y", "x"), coords, {"source_format": info.get("format")})
 
 
 def denoise_labdct(
@@ -176,7 +119,7 @@ def denoise_labdct(
         dims and coords, and provenance.
     model : str, torch.nn.Module or None
         Model directory (default: the shipped ``labdct-default``) or a network; see
-        :func:`rayproc.pipelines.labdct.segment.load_spot_network`.
+        :func:`rayproc.models.artifact.resolve_model`.
     tile, overlap, blend, batch_size
         See :func:`rayproc.labdct.denoise.denoise_frames`.
     frames_per_task : int
@@ -188,7 +131,7 @@ def denoise_labdct(
     storage_options : dict, optional
         fsspec options for ``s3://`` input and output.
     overwrite : bool
-        Replace an output made with other parameters.
+        Replace an output store rayproc made earlier (never any other folder or file).
     progress : bool
         Show a progress bar (slabs).
     command : str, optional
@@ -202,46 +145,35 @@ def denoise_labdct(
     """
     blend = look_up_option(blend, BLEND_MODES, name="blend")
     check_counts(batch_size=batch_size, frames_per_task=frames_per_task, workers=workers)
-    location = resolve(out, storage_options)
-    claim_store(location, inputs=[source], overwrite=overwrite)
-    network, scale, description = load_spot_network(model, device="cpu")
-    data = _open_input(source, storage_options)
-    count, height, width = (int(n) for n in data.frames.shape)
+    stage = ResumableStage.claim(out, [source], storage_options=storage_options, overwrite=overwrite)
+    network, resolved = resolve_model(model, FAMILY, device="cpu")
+    scale = spot_scale(resolved)
+    data = open_frames(source, storage_options=storage_options, file_dims=tuple(FILE_COORDS), file_coords=FILE_COORDS)
+    if data.location is None:  # a file, read whole: a stack of finite frames
+        check_stack(data.values(), source)
+    elif data.ndim != 3:
+        raise InputError(f"{data.url}: {data.name} must be (omega, y, x); got dims {data.dims}, shape {data.shape}.")
+    count, height, width = data.shape
     plan_tiles((height, width), tile=tile, overlap=overlap, divisor=getattr(getattr(network, "config", None), "divisor", 32))
     starts = range(0, count, int(frames_per_task))
     for start in starts:  # NaN/Inf and frames without a background, before any output exists
-        normalise_frames(np.asarray(data.frames[start:start + int(frames_per_task)]), scale=scale)
+        normalise_frames(data[start:start + int(frames_per_task)], scale=scale)
     options = {"scale": scale, "tile": int(tile), "overlap": int(overlap), "blend": blend, "batch_size": int(batch_size)}
 
-    parameters = {"input": data.url, "variable": data.variable, "model": description, **options,
+    parameters = {"input": data.url, "variable": data.name, "model": resolved.describe(), **options,
                   "frames_per_task": int(frames_per_task)}
     jobs = [_SlabJob(task_name(s), s, min(s + int(frames_per_task), count)) for s in starts]
-    with ray_session(address, cpus=cpus, workers=workers, actor_cpus=cpus_per_worker, actor_gpus=1.0 if gpu else 0.0):
-        status = create_dataset(
-            location,
-            {"denoised": ArraySpec(data.dims, (count, height, width), "float32", chunks=(1, height, width),
-                                   attrs={"long_name": "spot probability of the denoising network", "units": "1"})},
-            coords=data.coords,
-            attrs={**_output_attrs(data.attrs), "title": "LabDCT frames denoised by the spot network"},
-            provenance_attrs=provenance(command or command_line(), parameters), overwrite=overwrite,
-            inputs=[source],
-        )
-        if status == "complete":
-            return DenoiseReport(location.url, count, len(jobs), 0, status)
-        finished = done_tasks(location)
-        todo = [job for job in jobs if job.name not in finished]
-        import ray
-
-        shared = _Shared(ray.put(network), data.location, data.variable,
-                         None if data.location else ray.put(np.asarray(data.frames)))
-        factory = functools.partial(_SlabDenoiser, location, device="cuda" if gpu else "cpu",
-                                    threads=max(1, int(cpus_per_worker)), options=options)
-        computed = sum(1 for _ in run_stage(
-            factory, [dataclasses.replace(job, shared=shared) for job in todo], workers=workers,
-            cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if gpu else 0.0, desc="denoising frames",
-            progress=progress, on_start=on_start, done_before=len(jobs) - len(todo), total=len(jobs)))
-    finalize(location, [job.name for job in jobs])
-    return DenoiseReport(location.url, count, len(jobs), computed, status)
+    actors = Actors(workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker, address=address, cpus=cpus)
+    factory = functools.partial(_SlabDenoiser, stage.location, device=actors.device, threads=actors.threads,
+                                options=options)
+    run = stage.run(
+        {"denoised": ArraySpec(data.dims, (count, height, width), "float32", chunks=(1, height, width),
+                               attrs={"long_name": "spot probability of the denoising network", "units": "1"})},
+        jobs, factory, network=network, data=data, actors=actors, parameters=parameters, coords=data.dim_coords(),
+        attrs=output_attrs(data.attrs if data.location is not None else {"source_format": data.source_format},
+                           "LabDCT frames denoised by the spot network"),
+        command=command, desc="denoising frames", progress=progress, on_start=on_start)
+    return DenoiseReport(stage.location.url, count, len(jobs), run.computed, run.status)
 
 
 __all__ = ["DEFAULT_FRAMES_PER_TASK", "DenoiseReport", "denoise_labdct", "task_name"]

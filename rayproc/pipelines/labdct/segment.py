@@ -25,8 +25,10 @@ import numpy as np
 import xarray as xr
 
 from rayproc.errors import InputError
+from rayproc.labdct.denoise import DEFAULT_SCALE, FAMILY
 from rayproc.labdct.spots import spot_table
 from rayproc.labdct.standard_routine import StandardRoutineParams, standard_routine
+from rayproc.models.artifact import ResolvedModel, resolve_model
 from rayproc.options import look_up_option
 from rayproc.pipelines.labdct.background import beamstop_mask, read_frames
 from rayproc.runtime.resources import require_cuda
@@ -34,7 +36,6 @@ from rayproc.storage import command_line, provenance, resolve, write_dataset
 from rayproc.storage.outputs import claim_store
 
 METHODS = ("dl", "standard")
-DEFAULT_MODEL_NAME = "labdct-default"
 
 
 @dataclass(frozen=True)
@@ -67,28 +68,9 @@ def parse_params(params: str | dict | None) -> StandardRoutineParams:
     return StandardRoutineParams.from_dict(params)
 
 
-def load_spot_network(model=None, *, device: str = "cpu"):
-    """The spot network, its normalisation scale and a JSON-able description.
-
-    ``model``: a model directory (:func:`rayproc.models.artifact.load_model`), a
-    ``torch.nn.Module`` (used as given; the default scale), or None for the shipped
-    ``rayproc/weights/labdct-default``.
-    """
-    from torch import nn
-
-    from rayproc.labdct.denoise import DEFAULT_SCALE
-    from rayproc.models.artifact import default_model_dir, load_model
-
-    if isinstance(model, nn.Module):
-        config = getattr(model, "config", None)
-        return model.to(device).eval(), DEFAULT_SCALE, {
-            "source": type(model).__name__, "architecture": config.to_dict() if hasattr(config, "to_dict") else None}
-    directory = Path(default_model_dir(DEFAULT_MODEL_NAME) if model is None else model)
-    if not (directory / "config.json").is_file():
-        raise InputError(f"no LabDCT model at {directory} (no config.json); pass --model DIR.")
-    network, info = load_model(directory, device=device, family="labdct")
-    scale = float(info.normalisation.get("scale", DEFAULT_SCALE))
-    return network, scale, {"source": str(directory), "sha256": info.sha256, "architecture": info.architecture}
+def spot_scale(resolved: ResolvedModel) -> float:
+    """The input normalisation scale of a resolved spot network (its directory's, else the default)."""
+    return float(resolved.normalisation.get("scale", DEFAULT_SCALE))
 
 
 def dl_segment(frames, network, scale: float, *, beamstop=None, **options) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +122,8 @@ def segment_labdct(
         Output zarr store.
     method : {"dl", "standard"}
     model : str or torch.nn.Module, optional
-        ``dl``: the network (see :func:`load_spot_network`).
+        ``dl``: a model directory, None for the shipped ``labdct-default``, or a network
+        (see :func:`rayproc.models.artifact.resolve_model`).
     params : str or dict, optional
         ``standard``: :class:`~rayproc.labdct.standard_routine.StandardRoutineParams` as JSON.
     beamstop_from : str, optional
@@ -159,8 +142,9 @@ def segment_labdct(
     claim_store(location, inputs=[source], overwrite=overwrite)
     if method == "dl":
         require_cuda(device)
-        network, scale, description = load_spot_network(model, device=device)
-    frames, info = read_frames(source, storage_options=storage_options)
+        network, resolved = resolve_model(model, FAMILY, device=device)
+        scale = spot_scale(resolved)
+    frames, opened = read_frames(source, storage_options=storage_options)
     beamstop = beamstop_mask(beamstop_from, frames.shape[1:])
     started = time.perf_counter()
     denoised = None
@@ -170,10 +154,9 @@ def segment_labdct(
     else:
         options = {} if threshold is None else {"threshold": threshold}
         denoised, labels = dl_segment(frames, network, scale, beamstop=beamstop, **options)
-        description = {"model": description, "scale": scale, **options}
+        description = {"model": resolved.describe(), "scale": scale, **options}
     seconds = time.perf_counter() - started
-    dims = tuple(info.get("dims") or ("frame", "y", "x"))
-    coords = dict(info.get("coords") or {"frame": ("frame", np.arange(len(frames)))})
+    dims, coords = opened.dims, opened.dim_coords()
     dataset = spot_table_dataset(labels, frames)
     dataset["spot_label"] = (dims, labels, {"long_name": f"spot id per pixel (0 = none), {method} method"})
     if denoised is not None:
@@ -188,5 +171,5 @@ def segment_labdct(
     return SegmentReport(location.url, method, len(frames), dataset.sizes["spot"], seconds)
 
 
-__all__ = ["METHODS", "SegmentReport", "dl_segment", "load_spot_network", "parse_params", "segment_labdct",
-           "spot_table_dataset"]
+__all__ = ["METHODS", "SegmentReport", "dl_segment", "parse_params", "segment_labdct",
+           "spot_scale", "spot_table_dataset"]

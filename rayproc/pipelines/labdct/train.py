@@ -5,8 +5,9 @@ driver, sessions, checkpoints, run claiming and resuming) and the same epoch loo
 (:func:`rayproc.runtime.epochs.run_epochs`):
 
 * :func:`train_loop` is plain torch for one data-parallel worker, driven by a config dict
-  (:class:`LabdctTrainSpec`): the model, the tile datasets and the loss/metric steps handed to
-  ``run_epochs``. Ray appears only in :class:`~rayproc.runtime.training.RayTrainSession`; in
+  (:class:`LabdctTrainSpec`): the model, the tile datasets
+  (:class:`rayproc.labdct.tiles.TileDataset` reading frames through :class:`FrameReader`),
+  :func:`denoising_step` and :func:`spot_scores` handed to ``run_epochs``. Ray appears only in :class:`~rayproc.runtime.training.RayTrainSession`; in
   one process :class:`~rayproc.runtime.training.InProcessSession` stands in for it (``workers=0``).
 * :func:`train_labdct` builds the spec, runs it on ``workers`` TorchTrainer workers (gloo on
   CPU, NCCL with ``gpu``), checkpoints every epoch to ``storage`` (local or ``s3://``),
@@ -32,26 +33,24 @@ References
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from rayproc.errors import InputError
-from rayproc.labdct.denoise import DEFAULT_SCALE, FAMILY, dl_spot_labels, normalise_frames
-from rayproc.labdct.spots import label_spots, match_spots
+from rayproc.labdct.denoise import DEFAULT_SCALE, FAMILY, dl_spot_labels
 from rayproc.labdct.network import LabdctNetConfig, build_labdct_net, feature_loss, load_feature_net
-from rayproc.runtime.epochs import Precision, run_epochs, start_worker, sum_across_workers
+from rayproc.labdct.spots import label_spots, match_spots
+from rayproc.labdct.tiles import TileDataset, training_pair
+from rayproc.runtime.epochs import Scores, run_epochs, start_worker
 from rayproc.runtime.training import (
-    InProcessSession, RayTrainSession, TrainReport, export_best, plot_curves, run_training, write_epoch,
+    BaseTrainSpec, TrainReport, export_best, plot_curves, run_training, session_for, write_epoch,
 )
-from rayproc.storage import Location, open_dataset, resolve, with_retries
+from rayproc.storage import open_dataset, resolve, with_retries
+from rayproc.storage.cache import ArrayCache
 from rayproc.storage.outputs import claim_folder
 
 DEFAULT_TILE = 128
@@ -76,6 +75,9 @@ class FrameSet:
     @classmethod
     def from_dict(cls, d: dict) -> "FrameSet":
         return cls(d["url"], tuple(int(f) for f in d["frames"]), tuple(int(n) for n in d.get("shape", ())))
+
+    def __str__(self) -> str:
+        return self.url
 
 
 def list_frame_sets(urls, storage_options: dict | None = None, *, val_fraction: float = 0.1):
@@ -114,125 +116,75 @@ def list_frame_sets(urls, storage_options: dict | None = None, *, val_fraction: 
     return train, val
 
 
-class FrameCache:
-    """Per-process LRU cache of normalised input frames and binary targets, bounded in frames.
+class FrameReader:
+    """``read(frame_set, frame)``: the training pair of a synth store's frame, from a per-process cache.
 
-    Pickling (a loader worker being spawned) gives an empty cache with the same bound.
+    The pair is :func:`rayproc.labdct.tiles.training_pair` of the frame's ``input`` and
+    ``target``: the normalised frame and the spots in {0, 1}, float32 (H, W) each. Pairs are
+    kept in ``cache`` (one per process: pickling, as when a loader worker is spawned, gives an
+    empty one with the same bound).
+
+    Parameters
+    ----------
+    scale : float
+        Input normalisation (:func:`rayproc.labdct.denoise.normalise_frames`).
+    storage_options : dict, optional
+        fsspec options for remote stores.
+    cache : ArrayCache, optional
+        Shared by the datasets of one process (e.g. training and validation); a new one if None.
     """
 
-    def __init__(self, scale: float, max_frames: int = 256):
-        self.scale, self.max_frames = float(scale), int(max_frames)
-        self._frames: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._stores: dict[str, object] = {}
+    def __init__(self, scale: float, storage_options: dict | None = None, cache: ArrayCache | None = None):
+        self.scale = float(scale)
+        self.storage_options = dict(storage_options or {})
+        self.cache = cache if cache is not None else ArrayCache()
 
-    def __getstate__(self) -> dict:
-        return {"scale": self.scale, "max_frames": self.max_frames}
+    def __call__(self, frame_set: FrameSet, frame: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.cache.get((frame_set.url, frame), lambda: self._read(frame_set.url, frame))
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["scale"], state["max_frames"])
-
-    def get(self, url: str, frame: int, storage_options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(input, target)`` of a frame: normalised float32 (H, W) and float32 {0, 1} (H, W)."""
-        key = (url, frame)
-        if key in self._frames:
-            self._frames.move_to_end(key)
-            return self._frames[key]
-        if url not in self._stores:
-            self._stores[url] = open_dataset(Location(url, dict(storage_options or {})))
-        dataset = self._stores[url]
+    def _read(self, url: str, frame: int) -> tuple[np.ndarray, np.ndarray]:
+        dataset = self.cache.open(url, self.storage_options)
         raw = with_retries(lambda: dataset["input"][frame].values)
         target = with_retries(lambda: dataset["target"][frame].values)
-        pair = normalise_frames(raw[None], scale=self.scale)[0], (target > 0).astype(np.float32)
-        self._frames[key] = pair
-        while len(self._frames) > self.max_frames:
-            self._frames.popitem(last=False)
-        return pair
-
-
-class TileDataset(Dataset):
-    """Random tiles of synth frames: item ``i`` of epoch ``e`` is a pure function of the seed.
-
-    Item ``index = i + e * len`` uses ``default_rng([seed, stream, e, i])`` to pick a frame
-    (uniformly over all frames of ``frame_sets``), a tile origin and one of the 8 flips and
-    quarter turns of the square tile, so items do not depend on how many workers read them
-    (see :class:`rayproc.runtime.epochs.EpochSampler`).
-
-    An item is a dict: ``input`` (1, T, T) float32 (normalised, see
-    :func:`rayproc.labdct.denoise.normalise_frames`), ``target`` (1, T, T) float32 in {0, 1}.
-    """
-
-    def __init__(self, frame_sets, tiles: int, *, tile: int, scale: float, seed: int = 0, stream: int = 0,
-                 storage_options: dict | None = None, cache: FrameCache | None = None):
-        self.frame_sets = [s if isinstance(s, FrameSet) else FrameSet.from_dict(s) for s in frame_sets]
-        self.frames = [(s.url, f, s.shape) for s in self.frame_sets for f in s.frames]
-        if tiles < 1 or not self.frames:
-            raise InputError(f"need >= 1 frame and >= 1 tile; got {len(self.frames)} and {tiles} instead.")
-        small = [(url, shape) for url, _, shape in self.frames if min(shape) < tile]
-        if small:
-            raise InputError(f"{small[0][0]} has frames of shape {small[0][1]}, smaller than a {tile}^2 tile.")
-        self.tiles, self.tile, self.seed, self.stream = int(tiles), int(tile), int(seed), int(stream)
-        self.storage_options = dict(storage_options or {})
-        self.cache = cache if cache is not None else FrameCache(scale)
-
-    def __len__(self) -> int:
-        return self.tiles
-
-    def __getitem__(self, index: int) -> dict:
-        epoch, within = divmod(int(index), self.tiles)
-        rng = np.random.default_rng([self.seed, self.stream, epoch, within])
-        url, frame, (height, width) = self.frames[int(rng.integers(len(self.frames)))]
-        y, x = int(rng.integers(height - self.tile + 1)), int(rng.integers(width - self.tile + 1))
-        turn = int(rng.integers(8))
-        pair = []
-        for image in self.cache.get(url, frame, self.storage_options):
-            crop = np.rot90(image[y:y + self.tile, x:x + self.tile], turn % 4)
-            pair.append(torch.from_numpy(np.ascontiguousarray(crop[:, ::-1] if turn >= 4 else crop))[None])
-        return {"input": pair[0], "target": pair[1]}
+        return training_pair(raw, target, self.scale)
 
 
 @dataclass(frozen=True)
-class LabdctTrainSpec:
-    """Everything one training worker needs; travels to Ray workers as a dict.
+class LabdctTrainSpec(BaseTrainSpec):
+    """Everything one LabDCT training worker needs (besides :class:`~rayproc.runtime.training.BaseTrainSpec`'s).
 
     ``frames`` / ``val_frames`` are :class:`FrameSet` dicts (no ``val_frames``: validation
     tiles are a separate draw from the training frames). ``feature_net`` is a VGG16-BN
-    weights file for the perceptual loss (None: pixel + SSIM). ``checkpoints`` is the storage
-    URL of an in-process (``workers=0``) run; ``fail_once_after_epoch`` injects a failure
-    (tests), as in :class:`rayproc.pipelines.bcdi.train.TrainSpec`.
+    weights file for the perceptual loss (None: pixel + SSIM). The spec checks on
+    construction that the network, tile, scale and frames fit together.
     """
 
     frames: tuple[dict, ...]
-    out: str
     val_frames: tuple[dict, ...] = ()
     arch: dict = field(default_factory=lambda: LabdctNetConfig().to_dict())
     scale: float = DEFAULT_SCALE
     tile: int = DEFAULT_TILE
     tiles_per_epoch: int = 512
     val_tiles: int = 64
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    seed: int = 0
     feature_net: str | None = None
-    gpu: bool = False
-    cpus_per_worker: float = 1.0
-    loader_workers: int = 0
-    storage_options: dict = field(default_factory=dict)
-    checkpoints: str | None = None
-    ray_train: bool = False
-    progress: bool = True
-    fail_once_after_epoch: int | None = None
 
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LabdctTrainSpec":
-        values = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
-        for name in ("frames", "val_frames"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        divisor = LabdctNetConfig.from_dict(self.arch).divisor
+        if not self.frames:
+            problems.append("no training frames given")
+        if min(self.tiles_per_epoch, self.val_tiles) < 1:
+            problems.append(f"tiles per epoch and validation tiles must be >= 1 (got {self.tiles_per_epoch}, "
+                            f"{self.val_tiles})")
+        if self.tile % divisor or self.tile < divisor:
+            problems.append(f"tile {self.tile} must be a positive multiple of {divisor} for "
+                            f"{len(self.arch['widths'])} stages")
+        if not self.scale > 1:
+            problems.append(f"scale must be > 1 (got {self.scale})")
+        small = [s for s in map(FrameSet.from_dict, (*self.frames, *self.val_frames)) if min(s.shape) < self.tile]
+        if small:
+            problems.append(f"{small[0]} has frames of shape {small[0].shape}, smaller than a {self.tile}^2 tile")
+        return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,60 +193,41 @@ class LabdctTrainSpec:
 
 
 def datasets_for(spec: LabdctTrainSpec) -> tuple[TileDataset, TileDataset]:
-    """Training and validation tiles of a spec (stream 0 and 1 of the same seed, one cache)."""
-    cache = FrameCache(spec.scale)
-    common = dict(tile=spec.tile, scale=spec.scale, seed=spec.seed, storage_options=spec.storage_options, cache=cache)
-    return (TileDataset(spec.frames, spec.tiles_per_epoch, stream=0, **common),
-            TileDataset(spec.val_frames or spec.frames, spec.val_tiles, stream=1, **common))
+    """Training and validation tiles of a spec (stream 0 and 1 of the same seed, one frame cache)."""
+    read = FrameReader(spec.scale, spec.storage_options)
+    frames = [FrameSet.from_dict(d) for d in spec.frames]
+    val_frames = [FrameSet.from_dict(d) for d in spec.val_frames] or frames
+    return (TileDataset(frames, spec.tiles_per_epoch, tile=spec.tile, read=read, seed=spec.seed, stream=0),
+            TileDataset(val_frames, spec.val_tiles, tile=spec.tile, read=read, seed=spec.seed, stream=1))
 
 
-def train_one_epoch(model, loader, optimizer, precision: Precision, *, feature_net=None, progress=None) -> float:
-    """One pass over ``loader``; returns the mean loss over all workers' tiles."""
-    model.train()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for batch in loader:
-        x, target = batch["input"].to(device, non_blocking=True), batch["target"].to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
-            pred = model(x)
-        loss = feature_loss(pred.float(), target, feature_net)
-        precision.scaler.scale(loss).backward()
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
-        total += float(loss.detach()) * len(x)
-        count += len(x)
-        if progress is not None:
-            progress.update(len(x))
-    loss_sum, n = sum_across_workers([total, count], device)
-    return float(loss_sum / max(n, 1))
+def denoising_step(model, batch: dict, *, feature_net=None) -> tuple[torch.Tensor, int]:
+    """Loss of a batch of tiles: :func:`rayproc.labdct.network.feature_loss` of the network's
+    spot map of ``input`` against ``target``, and the batch size."""
+    x = batch["input"]
+    return feature_loss(model(x), batch["target"], feature_net), len(x)
 
 
-@torch.no_grad()
-def evaluate(model, loader, precision: Precision, *, feature_net=None) -> dict:
-    """Validation loss, spot F1 (:func:`~rayproc.labdct.denoise.dl_spot_labels` vs the target's
-    spots, IoU >= 0.3) and pixel IoU of the thresholded output, over all workers' tiles."""
-    model.eval()
-    device = next(model.parameters()).device
-    loss_sum = count = hits = n_pred = n_true = inter = union = 0.0
-    for batch in loader:
-        x, target = batch["input"].to(device), batch["target"].to(device)
-        with precision.autocast():
-            pred = model(x)
-        pred = pred.float()
-        loss_sum += float(feature_loss(pred, target, feature_net)) * len(x)
-        count += len(x)
-        probability, truth = pred[:, 0].cpu().numpy(), target[:, 0].cpu().numpy() > 0.5
-        scores = match_spots(dl_spot_labels(probability), label_spots(truth))
-        hits, n_pred, n_true = hits + scores["true_positives"], n_pred + scores["n_pred"], n_true + scores["n_true"]
-        inter += np.count_nonzero((probability >= 0.5) & truth)
-        union += np.count_nonzero((probability >= 0.5) | truth)
-    loss_sum, count, hits, n_pred, n_true, inter, union = sum_across_workers(
-        [loss_sum, count, hits, n_pred, n_true, inter, union], device)
+def spot_scores() -> Scores:
+    """Validation scores: spot F1, precision and recall
+    (:func:`~rayproc.labdct.denoise.dl_spot_labels` vs the target's spots, IoU >= 0.3) and the
+    pixel IoU of the output thresholded at 0.5."""
+    return Scores(5, _add_spot_counts, _spot_row)
+
+
+def _add_spot_counts(totals: np.ndarray, pred: torch.Tensor, batch: dict) -> None:
+    """Add the batch's matched, predicted and true spots and its pixel intersection and union."""
+    probability, truth = pred[:, 0].cpu().numpy(), batch["target"][:, 0].cpu().numpy() > 0.5
+    scores = match_spots(dl_spot_labels(probability), label_spots(truth))
+    totals += [scores["true_positives"], scores["n_pred"], scores["n_true"],
+               np.count_nonzero((probability >= 0.5) & truth), np.count_nonzero((probability >= 0.5) | truth)]
+
+
+def _spot_row(totals: np.ndarray) -> dict:
+    hits, n_pred, n_true, inter, union = totals
     spot_precision, recall = hits / n_pred if n_pred else 1.0, hits / n_true if n_true else 1.0
     f1 = 2 * spot_precision * recall / (spot_precision + recall) if spot_precision + recall else 0.0
-    return {"val_loss": float(loss_sum / max(count, 1)), "val_f1": float(f1),
-            "val_precision": float(spot_precision), "val_recall": float(recall),
+    return {"val_f1": float(f1), "val_precision": float(spot_precision), "val_recall": float(recall),
             "val_iou": float(inter / union) if union else 1.0}
 
 
@@ -307,16 +240,15 @@ def train_loop(config: dict) -> None:
     (:func:`rayproc.runtime.epochs.run_epochs`).
     """
     spec = LabdctTrainSpec.from_dict(config)
-    session = RayTrainSession() if spec.ray_train else InProcessSession(spec, record_epoch, unit="tile")
+    session = session_for(spec, record_epoch, unit="tile")
     start_worker(spec)
     model = build_labdct_net(spec.arch)
     device = session.device(spec.gpu)
     feature_net = load_feature_net(spec.feature_net).to(device) if spec.feature_net else None
     train_set, val_set = datasets_for(spec)
     run_epochs(spec, session, model, device, train_set, val_set,
-               train_epoch=functools.partial(train_one_epoch, feature_net=feature_net),
-               validate=functools.partial(evaluate, feature_net=feature_net), rate_key="tiles_per_second",
-               summary=_summary)
+               step=functools.partial(denoising_step, feature_net=feature_net), scores=spot_scores(),
+               rate_key="tiles_per_second", summary=_summary)
 
 
 def _summary(row: dict, epochs: int) -> str:
@@ -346,21 +278,9 @@ def plot_history(rows: list[dict], path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_spec(spec: LabdctTrainSpec) -> None:
-    divisor = LabdctNetConfig.from_dict(spec.arch).divisor
-    problems = []
-    if min(spec.epochs, spec.batch_size, spec.tiles_per_epoch, spec.val_tiles) < 1:
-        problems.append(f"epochs, batch size, tiles per epoch and validation tiles must be >= 1 (got {spec.epochs}, "
-                        f"{spec.batch_size}, {spec.tiles_per_epoch}, {spec.val_tiles})")
-    if spec.tile % divisor or spec.tile < divisor:
-        problems.append(f"tile {spec.tile} must be a positive multiple of {divisor} for {len(spec.arch['widths'])} stages")
-    if not spec.scale > 1:
-        problems.append(f"scale must be > 1 (got {spec.scale})")
+def _check_feature_net(spec: LabdctTrainSpec) -> None:
     if spec.feature_net and not Path(spec.feature_net).is_file():
-        problems.append(f"feature-net file {spec.feature_net} not found")
-    if problems:
-        raise InputError("; ".join(problems) + ".")
-    datasets_for(spec)  # frames smaller than a tile? (reads nothing)
+        raise InputError(f"feature-net file {spec.feature_net} not found.")
 
 
 def _export(spec: LabdctTrainSpec, folder: str | None, resumed: bool, checkpoints: str, *,
@@ -398,7 +318,6 @@ def train_labdct(
     storage_options: dict | None = None,
     progress: bool = True,
     command: str | None = None,
-    fail_once_after_epoch: int | None = None,
 ) -> TrainReport:
     """Train the LabDCT spot network on synth stores ``data``; write the model directory ``out``.
 
@@ -446,8 +365,6 @@ def train_labdct(
         Progress bar and per-epoch summary lines.
     command : str, optional
         Command line recorded in the provenance (default: this process's).
-    fail_once_after_epoch : int, optional
-        Testing hook: a worker fails once after checkpointing this epoch.
 
     Returns
     -------
@@ -465,9 +382,9 @@ def train_labdct(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         feature_net=None if feature_net is None else str(Path(feature_net).resolve()),
         gpu=gpu, cpus_per_worker=cpus_per_worker, loader_workers=loader_workers,
-        storage_options=storage_options, progress=progress, fail_once_after_epoch=fail_once_after_epoch,
+        storage_options=storage_options, progress=progress,
     )
-    _check_spec(spec)
+    _check_feature_net(spec)
     return run_training(spec, train_loop, record=functools.partial(record_epoch, spec.out),
                         export=functools.partial(_export, spec, command=command), workers=workers, storage=storage,
                         max_failures=max_failures, address=address, cpus=cpus)
@@ -475,17 +392,16 @@ def train_labdct(
 
 __all__ = [
     "DEFAULT_TILE",
-    "FrameCache",
+    "FrameReader",
     "FrameSet",
     "LabdctTrainSpec",
     "NORMALISATION",
-    "TileDataset",
     "datasets_for",
-    "evaluate",
+    "denoising_step",
     "list_frame_sets",
     "plot_history",
     "record_epoch",
+    "spot_scores",
     "train_labdct",
     "train_loop",
-    "train_one_epoch",
 ]
