@@ -278,3 +278,43 @@ def test_bad_input_one_line_error_and_no_output(files, volume, tmp_path, cli_err
     out = tmp_path / "out.zarr"
     assert message in cli_error(["bcdi", "inpaint", src, out, *gaps, *extra, "--model", files / "model"])
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- real detector masks
+
+
+def test_real_detector_mask_on_a_cropped_scan(ray_local, shared_data, files, net, volume, tmp_path):
+    """A 2D detector mask (real Maxipix: 6 px cross and isolated dead pixels) applied to every
+    frame of a scan cropped from the detector: the output mask is the crop of the detector mask
+    along z, isolated pixels are filled like gap lines, measured voxels are untouched."""
+    from rayproc.bcdi.gaps import frame_mask_volume
+
+    detector = np.load(shared_data / "detector-masks" / "id01_maxipix_mask.npy")
+    # the crop that puts the cross (rows/columns 255-260) through the middle of the volume
+    offset = (258 - SIZE // 2, 258 - SIZE // 2)
+    window = detector[offset[0]:offset[0] + SIZE, offset[1]:offset[1] + SIZE] != 0
+    assert window[:, SIZE // 2].all() and window.sum() > 2 * 6 * SIZE - 36  # cross and some dead pixels
+    url = str(tmp_path / "out.zarr")
+    inpaint_bcdi(str(files / "volume.npy"), url, mask=str(shared_data / "detector-masks" / "id01_maxipix_mask.npy"),
+                 mask_offset=offset, model=net, workers=2, stride=8, progress=False)
+    out = storage.open_dataset(url)
+    expected_mask = frame_mask_volume(detector, volume.shape, offset=offset)
+    np.testing.assert_array_equal(out["mask"].values, expected_mask)
+    np.testing.assert_array_equal(out["intensity"].values[~expected_mask], volume[~expected_mask])
+    reference, _ = inpaint_volume(volume, expected_mask, net, stride=8)
+    np.testing.assert_array_equal(out["intensity"].values, reference)  # = the single-process result
+    cross = [f"{axis}:{255 - offset[0]}:6" for axis in "yx"]  # detector rows/columns 255-260
+    assert (expected_mask >= gaps_to_mask(cross, volume.shape)).all()
+    isolated = expected_mask & ~gaps_to_mask(cross, volume.shape)  # dead pixels off the cross
+    assert isolated.any() and np.isfinite(out["intensity"].values[isolated]).all()
+
+
+@pytest.mark.parametrize("offset, message", [(None, "--mask-offset ROW,COL"), ("500,0", "does not fit"),
+                                             ("1;2", "must look like ROW,COL")])
+def test_detector_mask_offsets_that_do_not_fit(files, tmp_path, cli_error, offset, message):
+    np.save(tmp_path / "detector.npy", np.zeros((516, 516), np.uint8))
+    extra = [] if offset is None else ["--mask-offset", offset]
+    out = tmp_path / "out.zarr"
+    assert message in cli_error(["bcdi", "inpaint", files / "volume.npy", out, "--mask", tmp_path / "detector.npy",
+                                 *extra, "--model", files / "model"])
+    assert not out.exists()

@@ -221,6 +221,54 @@ def detector_gap_mask(layout: str, shape, *, roi_origin=(0, 0)) -> np.ndarray:
     return np.broadcast_to(frame, shape).copy()
 
 
+def frame_mask_volume(frame_mask, shape, *, offset=(0, 0)) -> np.ndarray:
+    """A detector's 2D missing-pixel mask as the mask of a (cropped) rocking scan.
+
+    A BCDI rocking scan is a stack of detector frames, so a pixel missing on the detector
+    (module gap, dead or hot pixel) is missing in every frame: the scan's mask is the detector
+    mask cropped to the scan's region and repeated along the rocking axis z.
+
+    Parameters
+    ----------
+    frame_mask : array_like, shape (H, W)
+        Detector mask, nonzero (or True) on missing pixels.
+    shape : tuple of int
+        ``(z, y, x)`` of the scan.
+    offset : tuple of int, optional
+        Detector pixel ``(row, column)`` of the scan's first ``y`` and ``x`` (a scan cropped
+        from the detector at rows ``row..row+y``, columns ``column..column+x``).
+
+    Returns
+    -------
+    mask : ndarray of bool, shape ``shape``
+        True where a voxel is missing; constant along z.
+
+    Raises
+    ------
+    InputError
+        If the mask is not 2D, or the scan's region does not lie inside it.
+
+    Examples
+    --------
+    >>> detector = np.zeros((6, 6), bool)
+    >>> detector[:, 3] = True                   # a one-pixel gap column
+    >>> mask = frame_mask_volume(detector, (2, 3, 3), offset=(1, 2))
+    >>> mask.shape, mask[:, :, 1].all(), int(mask.sum())
+    ((2, 3, 3), True, 6)
+    """
+    frame_mask = np.asarray(frame_mask)
+    shape, offset = tuple(int(s) for s in shape), tuple(int(o) for o in offset)
+    if frame_mask.ndim != 2 or len(shape) != 3 or len(offset) != 2:
+        raise InputError(f"expected a 2D detector mask, a (z, y, x) scan shape and a (row, column) offset; "
+                         f"got mask shape {frame_mask.shape}, scan shape {shape} and offset {offset} instead.")
+    (row, column), (_, height, width) = offset, shape
+    if row < 0 or column < 0 or row + height > frame_mask.shape[0] or column + width > frame_mask.shape[1]:
+        raise InputError(f"a scan of {height} x {width} pixels at detector offset ({row}, {column}) does not fit "
+                         f"the {frame_mask.shape[0]} x {frame_mask.shape[1]} detector mask; check --mask-offset.")
+    frame = frame_mask[row:row + height, column:column + width] != 0
+    return np.broadcast_to(frame, shape).copy()
+
+
 def parse_gap(text: str) -> tuple[str, int, int]:
     """Parse a user-given gap ``"AXIS:START:WIDTH"``, e.g. ``"x:126:6"``.
 
@@ -293,6 +341,7 @@ __all__ = [
     "GAP_KINDS",
     "GapSpec",
     "detector_gap_mask",
+    "frame_mask_volume",
     "gap_mask",
     "gaps_to_mask",
     "parse_gap",

@@ -156,13 +156,30 @@ Blend = Annotated[str, typer.Option("--blend", help="Blend of overlapping portio
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Portions per model call.")]
 
 
+def _pixel_pair(text: str | None, option: str) -> tuple[int, int] | None:
+    """``"ROW,COL"`` as two non-negative ints (None stays None)."""
+    from rayproc.errors import InputError
+
+    if text is None:
+        return None
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise InputError(f"{option} must look like ROW,COL with two integers >= 0 (e.g. 130,120); got {text!r}.")
+    return int(parts[0]), int(parts[1])
+
+
 @app.command()
 def inpaint(
     src: Annotated[str, typer.Argument(help="Volume (TIFF folder, .tif, .npy/.npz, file.h5:/path) or zarr store "
                                             "with intensity (z, y, x) or (sample, z, y, x) and optional mask.")],
     out: Annotated[str, typer.Argument(help="Output zarr store (path or s3:// URL).")],
     mask: Annotated[Optional[str], typer.Option("--mask", help="Missing-voxel mask (.npy/.tif/.h5 or zarr store "
-                                                               "with mask; nonzero = missing).")] = None,
+                                                               "with mask; nonzero = missing): the volume's shape, "
+                                                               "or a 2D detector mask applied to every frame.")] = None,
+    mask_offset: Annotated[Optional[str], typer.Option(
+        "--mask-offset", metavar="ROW,COL",
+        help="Detector pixel of the scan's first row and column, for a 2D detector mask larger than the scan "
+             "(a scan cropped from the detector).")] = None,
     gap: Gaps = None,
     model: InpaintModel = None,
     stride: Stride = DEFAULT_STRIDE,
@@ -184,7 +201,8 @@ def inpaint(
     from rayproc.pipelines.bcdi.inpaint import inpaint_bcdi
     from rayproc.storage import parse_storage_options
 
-    report = inpaint_bcdi(src, out, mask=mask, gaps=tuple(gap or ()), model=model, stride=stride, blend=blend,
+    report = inpaint_bcdi(src, out, mask=mask, mask_offset=_pixel_pair(mask_offset, "--mask-offset"),
+                          gaps=tuple(gap or ()), model=model, stride=stride, blend=blend,
                           chunk=chunk, batch_size=batch_size, workers=workers, gpu=gpu,
                           cpus_per_worker=cpus_per_worker, address=address, cpus=cpus,
                           storage_options=parse_storage_options(storage_option), overwrite=overwrite,

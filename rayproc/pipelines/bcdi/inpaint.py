@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rayproc.bcdi.gaps import gaps_to_mask, parse_gap
+from rayproc.bcdi.gaps import frame_mask_volume, gaps_to_mask, parse_gap
 from rayproc.bcdi.inpaint import (
     DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_CHUNK, DEFAULT_STRIDE, PORTION, check_known_counts, composite,
     plan_windows, predict_portions,
@@ -103,8 +103,17 @@ def _sample_region(sample: int | None, region: Sequence[slice] = ()) -> tuple:
 class _MaskBuilder:
     """The mask of each sample: the store's mask, the mask file and the gaps, combined."""
 
-    def __init__(self, data: _Volumes, mask_file: np.ndarray | None, gaps: Sequence[str]):
+    def __init__(self, data: _Volumes, mask_file: np.ndarray | None, gaps: Sequence[str],
+                 mask_offset: Sequence[int] | None = None):
         shape = data.volume_shape
+        if mask_file is not None and mask_file.ndim == 2:  # a detector mask: the same for every frame
+            if mask_offset is None and mask_file.shape != shape[1:]:
+                raise InputError(f"the {mask_file.shape[0]} x {mask_file.shape[1]} detector mask is not the size of the "
+                                 f"scan's frames {shape[1:]}: give --mask-offset ROW,COL (the detector pixel of the "
+                                 "scan's first row and column).")
+            mask_file = frame_mask_volume(mask_file, shape, offset=mask_offset or (0, 0))
+        elif mask_offset is not None:
+            raise InputError("--mask-offset applies to a 2D detector mask only.")
         if mask_file is not None and mask_file.shape not in (shape, tuple(data.intensity.shape)):
             raise InputError(
                 f"mask shape {mask_file.shape} does not match the intensity shape {tuple(data.intensity.shape)}."
@@ -207,6 +216,7 @@ def inpaint_bcdi(
     *,
     mask: str | None = None,
     gaps: Sequence[str] = (),
+    mask_offset: Sequence[int] | None = None,
     model=None,
     stride: int = DEFAULT_STRIDE,
     blend: str = DEFAULT_BLEND,
@@ -234,7 +244,12 @@ def inpaint_bcdi(
         Output zarr store: ``intensity`` (inpainted; measured voxels bit-identical),
         ``mask`` and ``uncertainty``, with the input's dims and coords.
     mask : str, optional
-        Missing-voxel mask (nonzero = missing): a file or a zarr store with ``mask``.
+        Missing-voxel mask (nonzero = missing): a file or a zarr store with ``mask``, either of
+        the volume's shape or a 2D detector mask (H, W) applied to every frame
+        (:func:`rayproc.bcdi.gaps.frame_mask_volume`).
+    mask_offset : (int, int), optional
+        Detector pixel ``(row, column)`` of the scan's first ``y`` and ``x``, for a 2D detector
+        mask larger than the scan's frames (a scan cropped from the detector).
     gaps : sequence of str
         Gaps ``AXIS:START:WIDTH`` (:func:`rayproc.bcdi.gaps.parse_gap`); all masks are combined.
     model : str, torch.nn.Module or None
@@ -271,7 +286,7 @@ def inpaint_bcdi(
     network, resolved = resolve_model(model, "bcdi", device="cpu")
     patch = int(resolved.patch_size or PORTION)
     data = _open_volumes(source, storage_options)
-    mask_of = _MaskBuilder(data, _read_mask_file(mask, storage_options) if mask else None, gaps)
+    mask_of = _MaskBuilder(data, _read_mask_file(mask, storage_options) if mask else None, gaps, mask_offset)
 
     jobs, windows = [], 0
     for sample in data.samples:
@@ -291,6 +306,8 @@ def inpaint_bcdi(
     parameters = {"input": data.intensity.url, "mask": resolve(mask, storage_options).url if mask else None,
                   "gaps": gaps, "model": resolved.describe(), "stride": int(stride), "blend": blend, "patch": patch,
                   "chunk": int(chunk), "batch_size": int(batch_size)}
+    if mask_offset is not None:  # only then, so that earlier outputs still resume
+        parameters["mask_offset"] = [int(o) for o in mask_offset]
     actors = Actors(workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker, address=address, cpus=cpus)
     factory = functools.partial(_ChunkInpainter, stage.location, device=actors.device, threads=actors.threads,
                                 blend=blend, batch_size=int(batch_size), patch=patch)
