@@ -168,6 +168,26 @@ def test_in_process_training_loss_falls_and_resumes(sim_store, tmp_path):
         train_bcdi([sim_store], str(out), workers=0, epochs=4, portions_per_volume=16, **TINY)
 
 
+def test_training_continues_from_a_model(sim_store, tmp_path, capsys):
+    """--init-model: the run starts from that model's weights, with its architecture."""
+    from rayproc.cli import main as cli_main
+
+    first = tmp_path / "first"
+    train_bcdi([sim_store], str(first), workers=0, epochs=1, portions_per_volume=8, **TINY)
+    options = {k: v for k, v in TINY.items() if k not in ("base_channels", "depth")}
+    report = train_bcdi([sim_store], str(tmp_path / "more"), workers=0, epochs=1, portions_per_volume=8,
+                        init_model=str(first), arch="masto2024", **options)  # the init model's arch wins
+    model, info = load_model(tmp_path / "more")
+    assert info.architecture == load_model(first)[1].architecture
+    assert info.provenance["parameters"]["init_model"] == str(first.resolve())
+    assert report.history[0]["val_loss"] <= json.loads((first / "metrics.jsonl").read_text().splitlines()[0])[
+        "val_loss"] + 0.05  # starts where the first run ended, not from scratch
+    code = cli_main(["bcdi", "train", sim_store, "--out", str(tmp_path / "cli"), "--workers", "0", "--epochs", "1",
+                     "-k", "4", "--batch-size", "8", "--patch-size", "16", "--init-model", str(first), "--no-progress"])
+    assert code == 0 and load_model(tmp_path / "cli")[1].architecture == info.architecture
+    capsys.readouterr()
+
+
 def test_learning_rate_defaults_to_the_architecture(sim_store, tmp_path, monkeypatch):
     import rayproc.pipelines.bcdi.train as bcdi_train
 

@@ -72,6 +72,9 @@ def train(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate, halved when validation stalls "
                                                 "(default: 1e-3 for gapnet, 1e-4 for masto2024).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Master seed of portions, gaps and initial weights.")] = 0,
+    init_model: Annotated[Optional[str], typer.Option(
+        "--init-model", metavar="MODEL_DIR",
+        help="Continue from this BCDI model's weights and architecture (e.g. rayproc/weights/bcdi-default).")] = None,
     cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", help="Ray CPUs (and torch threads) per worker.")] = 1.0,
     loader_workers: Annotated[int, typer.Option("--loader-workers", min=0, help="DataLoader processes per worker (2-4 with --gpu).")] = 0,
     max_failures: Annotated[int, typer.Option("--max-failures", help="Restarts from the last checkpoint after a worker failure.")] = 3,
@@ -88,7 +91,8 @@ def train(
         data, out, workers=workers, gpu=gpu, epochs=epochs, storage=storage, arch=arch, base_channels=base_channels,
         depth=depth, patch_size=patch_size, portions_per_volume=portions_per_volume, batch_size=batch_size, lr=lr,
         seed=seed, cpus_per_worker=cpus_per_worker, loader_workers=loader_workers, max_failures=max_failures,
-        address=address, cpus=cpus, storage_options=parse_storage_options(storage_option), progress=progress))
+        address=address, cpus=cpus, storage_options=parse_storage_options(storage_option), progress=progress,
+        init_model=init_model))
 
 
 @app.command()

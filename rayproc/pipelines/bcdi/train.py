@@ -278,6 +278,7 @@ def train_bcdi(
     storage_options: dict | None = None,
     progress: bool = True,
     command: str | None = None,
+    init_model: str | None = None,
 ) -> TrainReport:
     """Train a BCDI inpainting network on the volumes of zarr stores ``data``; write it to ``out``.
 
@@ -323,16 +324,23 @@ def train_bcdi(
         Progress bar and per-epoch summary lines.
     command : str, optional
         Command line recorded in the provenance (default: this process's).
+    init_model : str, optional
+        A BCDI model directory to continue training from: its architecture replaces ``arch``,
+        ``base_channels`` and ``depth``, its weights the random initial ones.
 
     Returns
     -------
     TrainReport
     """
-    claim_folder(out, inputs=list(data), create=False)
+    claim_folder(out, inputs=[*data, init_model], create=False)
     storage_options = dict(storage_options or {})
     volumes = list_volumes(data, storage_options)
     train, val = split_volumes(volumes, val_fraction, seed)
-    network = BcdiNetConfig(arch, base_channels=base_channels, depth=depth)
+    if init_model is not None:
+        init_model = str(Path(init_model).resolve())
+        network = BcdiNetConfig.from_dict(resolve_model(init_model, "bcdi")[1].architecture)
+    else:
+        network = BcdiNetConfig(arch, base_channels=base_channels, depth=depth)
     lr = DEFAULT_LR[network.arch] if lr is None else lr
     spec = TrainSpec(
         volumes=tuple(v.to_dict() for v in train),
@@ -346,6 +354,7 @@ def train_bcdi(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, gpu=gpu,
         cpus_per_worker=cpus_per_worker, loader_workers=loader_workers,
         storage_options=storage_options, progress=progress,
+        init_model=init_model,
     )
     return _run(spec, workers=workers, storage=storage, max_failures=max_failures, address=address, cpus=cpus,
                 command=command, stage={"stage": "trained"})
