@@ -253,7 +253,7 @@ def frame_mask_volume(frame_mask, shape, *, offset=(0, 0)) -> np.ndarray:
     >>> detector = np.zeros((6, 6), bool)
     >>> detector[:, 3] = True                   # a one-pixel gap column
     >>> mask = frame_mask_volume(detector, (2, 3, 3), offset=(1, 2))
-    >>> mask.shape, mask[:, :, 1].all(), int(mask.sum())
+    >>> mask.shape, bool(mask[:, :, 1].all()), int(mask.sum())
     ((2, 3, 3), True, 6)
     """
     frame_mask = np.asarray(frame_mask)
