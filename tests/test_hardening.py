@@ -149,3 +149,14 @@ def test_wrong_credentials_one_line_and_nothing_written(tmp_path, s3_with_auth, 
     names = [o["Key"] for o in s3.list_objects_v2(Bucket="authed").get("Contents", [])]
     assert not any(n.startswith(bad_store) for n in names)
     assert any(n.startswith(good) for n in names)  # what existed is untouched
+
+
+def test_help_placeholders_are_named_for_what_they_hold(capsys):
+    """--help shows --mask MASK and nothing after a flag, not typer's <str> / <bool> type labels."""
+    from rayproc.cli import main as cli_main
+
+    assert cli_main(["bcdi", "inpaint", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "MASK" in text and "ROW,COL" in text and "<str>" not in text.split("Options")[1]
+    gpu_line = next(line for line in text.splitlines() if "--gpu" in line)
+    assert "<bool>" not in gpu_line

@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     retain_freed_memory()  # in-process inference and training: no page faults per batch
     _raise_interrupted_on_ctrl_c()
     try:
-        app(args=argv, standalone_mode=True)
+        command = typer.main.get_command(app)
+        readable_metavars(command)
+        command.main(args=argv, prog_name="rayproc", standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Interrupted as exc:
@@ -86,6 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rayproc: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def readable_metavars(command) -> None:
+    """Placeholders in ``--help`` named for what they hold (``--mask MASK``, not ``<str>``).
+
+    Options and arguments without a metavar of their own get their name in capitals; flags get
+    none. Applied to the whole command tree.
+    """
+    for param in getattr(command, "params", []):
+        if param.metavar is None and param.name:
+            flag = getattr(param, "is_flag", False) or getattr(param, "count", False)
+            param.metavar = "" if flag else param.name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        readable_metavars(sub)
 
 
 def _raise_interrupted_on_ctrl_c() -> None:
