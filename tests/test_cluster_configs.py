@@ -246,3 +246,23 @@ def test_one_constraints_file_pins_client_and_cluster():
     for path, config in LAUNCHER:
         package_step = next(c for c in config["setup_commands"] if re.search(r"pip install .*rayproc\b", c))
         assert "-c ~/rayproc/constraints.txt" in package_step, path
+
+
+def test_every_cli_stage_runs_as_a_job(tmp_path):
+    """jobs/rayproc_job.py runs any command with the CLI's own exit status and one-line errors."""
+    import os
+    import subprocess
+
+    command = typer.main.get_command(rayproc.cli.app)
+    stages = {f"{group} {name}" for group, sub in command.commands.items() if hasattr(sub, "commands")
+              for name in sub.commands} | {"ingest"}
+    assert {"labdct segment", "labdct synth", "bcdi finetune", "labdct background"} <= stages
+    job = REPO / "jobs" / "rayproc_job.py"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    ok = subprocess.run([sys.executable, str(job), "--version"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stdout.startswith("rayproc ")
+    bad = subprocess.run([sys.executable, str(job), "labdct", "segment", str(tmp_path / "missing"),
+                          str(tmp_path / "out.zarr"), "--method", "standard"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("rayproc: error:")
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.zarr").exists()
