@@ -160,3 +160,25 @@ def test_help_placeholders_are_named_for_what_they_hold(capsys):
     assert "MASK" in text and "ROW,COL" in text and "<str>" not in text.split("Options")[1]
     gpu_line = next(line for line in text.splitlines() if "--gpu" in line)
     assert "<bool>" not in gpu_line
+
+
+def test_last_line_lists_the_variables_written(tmp_path, capsys):
+    import tifffile
+
+    from rayproc.cli import main as cli_main
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "v.npy", rng.poisson(3.0, (4, 5, 6)).astype(np.float32))
+    assert cli_main(["ingest", str(tmp_path / "v.npy"), str(tmp_path / "v.zarr")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"written to {tmp_path / 'v.zarr'}: intensity (z: 4, y: 5, x: 6) float32"
+    (tmp_path / "frames").mkdir()
+    for i in range(3):
+        frame = rng.poisson(20.0, (64, 64)).astype(np.uint16)
+        frame[30:33, 30:33] += 400  # a spot
+        tifffile.imwrite(tmp_path / "frames" / f"f{i}.tif", frame)
+    assert cli_main(["labdct", "segment", str(tmp_path / "frames"), str(tmp_path / "s.zarr"), "--method",
+                     "standard"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"written to {tmp_path / 's.zarr'}: spot table of 6 variables (spot: ")
+    assert last.endswith("spot_label (frame: 3, y: 64, x: 64) int32")

@@ -13,7 +13,7 @@ import typer
 
 from rayproc import __version__
 from rayproc.cli import bcdi, labdct
-from rayproc.cli._common import Overwrite, StorageOptions
+from rayproc.cli._common import Overwrite, StorageOptions, written_line
 
 app = typer.Typer(
     help="rayproc: distributed deep-learning processing of X-ray diffraction data (BCDI, LabDCT).",
@@ -47,7 +47,8 @@ def ingest(
     ds = run_ingest(src, dest, key=key, storage_options=parse_storage_options(storage_option), overwrite=overwrite)
     v = ds.intensity.values
     peak = tuple(int(i) for i in np.unravel_index(v.argmax(), v.shape))
-    typer.echo(f"{dest}: intensity {v.shape} float32, total {v.sum():.4g} counts, maximum {v.max():.4g} at {peak}")
+    typer.echo(f"{dest}: total {v.sum():.4g} counts, maximum {v.max():.4g} at {peak}")
+    typer.echo(written_line(dest, parse_storage_options(storage_option)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from rayproc.bcdi.inpaint import DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_CHUNK, DEFAULT_STRIDE
-from rayproc.cli._common import Address, Cpus, Overwrite, Progress, StorageOptions, Workers
+from rayproc.cli._common import Address, Cpus, Overwrite, Progress, StorageOptions, Workers, written_line
 
 app = typer.Typer(help="BCDI: simulate training data, train and apply the gap-inpainting model.", no_args_is_help=True)
 
@@ -36,6 +36,7 @@ def simulate(
         typer.echo(f"{report.url}: already complete ({report.count} samples); nothing to do")
     else:
         typer.echo(f"{report.url}: {report.count} samples ({report.computed} computed now)")
+    typer.echo(written_line(report.url, parse_storage_options(storage_option)))
 
 
 TrainWorkers = Annotated[int, typer.Option(
@@ -213,10 +214,11 @@ def inpaint(
                           progress=progress)
     if report.status == "complete":
         typer.echo(f"{report.url}: already complete; nothing to do")
-        return
-    memory = "" if report.peak_worker_rss_mb is None else f"; actor peak memory {report.peak_worker_rss_mb:.0f} MB"
-    typer.echo(f"{report.url}: {report.samples} volume(s), {report.windows} portions; "
-               f"{report.computed} of {report.tasks} chunks computed now{memory}")
+    else:
+        memory = "" if report.peak_worker_rss_mb is None else f"; actor peak memory {report.peak_worker_rss_mb:.0f} MB"
+        typer.echo(f"{report.url}: {report.samples} volume(s), {report.windows} portions; "
+                   f"{report.computed} of {report.tasks} chunks computed now{memory}")
+    typer.echo(written_line(report.url, parse_storage_options(storage_option)))
 
 
 @app.command()
@@ -232,7 +234,12 @@ def evaluate(
     gpu: Annotated[bool, typer.Option("--gpu", help="Run the model on the GPU.")] = False,
     storage_option: StorageOptions = None,
 ):
-    """Impose gaps on a gap-free volume; score the model and nearest/linear/cubic interpolation inside them."""
+    """Impose gaps on a gap-free volume; score the model and nearest/linear/cubic interpolation inside them.
+
+    In-gap PCC: Pearson correlation of log1p counts over the gap voxels (Masto et al. 2024, eq. 1;
+    1 is perfect). Relative error: sum |predicted - true| / sum |true| over the gap voxels, in counts
+    (0 is perfect, 1 is predicting zeros; 1 - it is the "accuracy" of the authors' code).
+    """
     from pathlib import Path
 
     from rayproc.pipelines.bcdi.evaluate import evaluate_bcdi

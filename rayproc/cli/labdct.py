@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rayproc.cli._common import Address, Cpus, Overwrite, Progress, StorageOptions, Workers
+from rayproc.cli._common import Address, Cpus, Overwrite, Progress, StorageOptions, Workers, written_line
 from rayproc.cli.bcdi import CheckpointStorage, Gpu, ModelOut, TrainWorkers
 
 app = typer.Typer(help="LabDCT: simulate projections, build training data, denoise and segment spots.",
@@ -44,6 +44,7 @@ def simulate(
     else:
         typer.echo(f"{report.url}: {report.projections} projections ({report.computed} computed now), "
                    f"{report.spots} spots")
+    typer.echo(written_line(report.url, parse_storage_options(storage_option)))
 
 
 @app.command()
@@ -64,6 +65,7 @@ def background(
                                       storage_options=parse_storage_options(storage_option), overwrite=overwrite)
     typer.echo(f"{report.url}: background {report.frames} x {report.shape[0]} x {report.shape[1]} "
                f"({report.masked_fraction:.1%} of pixels masked as spots, {report.seconds:.1f} s)")
+    typer.echo(written_line(report.url, parse_storage_options(storage_option)))
 
 
 def _gain(text: str) -> float | tuple[float, float]:
@@ -109,6 +111,7 @@ def synth(
     else:
         typer.echo(f"{report.url}: {report.projections} projections ({report.computed} computed now), "
                    f"{report.spots} spots in the table")
+    typer.echo(written_line(report.url, parse_storage_options(storage_option)))
 
 
 @app.command()
@@ -169,6 +172,7 @@ def segment(
                             storage_options=parse_storage_options(storage_option), overwrite=overwrite)
     typer.echo(f"{report.url}: {report.spots} spots in {report.frames} frames ({report.method}, "
                f"{report.seconds:.1f} s)")
+    typer.echo(written_line(report.url, parse_storage_options(storage_option)))
 
 
 @app.command()
@@ -309,3 +313,4 @@ def denoise(
     else:
         typer.echo(f"{report.url}: {report.frames} frames denoised ({report.computed} of {report.tasks} slabs "
                    f"computed now)")
+    typer.echo(written_line(report.url, parse_storage_options(storage_option)))
