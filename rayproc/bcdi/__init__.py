@@ -25,7 +25,9 @@ _EXPORTS = {
         'BcdiSampleParams', 'detector_counts', 'diffraction_intensity', 'expected_counts', 'random_sample_params',
         'render_sample', 'simulate_bcdi_sample',
     ], 'diffraction'),
-    **dict.fromkeys(['GapSpec', 'detector_gap_mask', 'frame_mask_volume', 'gap_mask', 'gaps_to_mask', 'parse_gap', 'random_gap'], 'gaps'),
+    **dict.fromkeys([
+        'GapSpec', 'detector_gap_mask', 'frame_mask_volume', 'gap_mask', 'gaps_to_mask', 'parse_gap', 'random_gap',
+    ], 'gaps'),
     **dict.fromkeys([
         'check_known_counts', 'composite', 'inpaint_volume', 'plan_windows', 'predict_portions',
     ], 'inpaint'),

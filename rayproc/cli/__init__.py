@@ -115,7 +115,8 @@ def _raise_interrupted_on_ctrl_c() -> None:
     def handler(signum, frame):
         raise Interrupted()
 
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, handler)
 
 

@@ -49,14 +49,18 @@ def _input_path(source: str) -> str:
     return source
 
 
+def _comparable(location: Location) -> str:
+    """The URL, or for a local path the real path (links resolved), to compare locations."""
+    return location.url if location.is_remote else os.path.realpath(location.url)
+
+
 def check_apart(out: Location, inputs: Iterable[str | Location | None]) -> None:
     """Refuse an output that is, lies inside, or holds one of ``inputs``."""
     for source in inputs:
         if source is None:
             continue
         src = source if isinstance(source, Location) else resolve(_input_path(str(source)))
-        a, b = os.path.realpath(out.url) if not out.is_remote else out.url, \
-            os.path.realpath(src.url) if not src.is_remote else src.url
+        a, b = _comparable(out), _comparable(src)
         if _within(a, b):
             raise StoreError(f"output {out.url} is the input {src.url} or lies inside it; choose another output")
         if _within(b, a):
@@ -145,15 +149,10 @@ def _check_not_inside_store(location: Location) -> None:
 
 
 def _check_only_rayproc_entries(location: Location) -> None:
+    """Every entry of the store is its metadata, its bookkeeping or an array (``NAME/zarr.json``)."""
     fs, path = filesystem(location)
-    try:
-        members = set(json.loads(fs.cat_file(path.rstrip("/") + "/zarr.json")).get("consolidated_metadata") or {})
-    except (OSError, ValueError):
-        members = set()
     for name in _entries(location):
-        if name in ("zarr.json", _PROGRESS_DIR) or name in members:
-            continue
-        if fs.exists(f"{path.rstrip('/')}/{name}/zarr.json"):
+        if name in ("zarr.json", _PROGRESS_DIR) or fs.exists(f"{path.rstrip('/')}/{name}/zarr.json"):
             continue
         raise StoreError(f"--overwrite refused: {location.url} holds {name!r}, which rayproc did not write; "
                          "move it away or choose another output")
@@ -235,7 +234,7 @@ def first_damage(location: Location, recorded: dict, arrays: Iterable[str] | Non
 def fingerprint(source: str | Location | None, storage_options: dict | None = None) -> str | None:
     """A short digest of an input: a rayproc store's manifest and creation time, else the names,
     sizes and modification times of its files. Changes when the input changes."""
-    if source is None or hasattr(source, "state_dict"):
+    if source is None:
         return None
     location = source if isinstance(source, Location) else resolve(_input_path(str(source)), storage_options)
     attrs = _root_attrs(location)

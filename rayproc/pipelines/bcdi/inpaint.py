@@ -108,9 +108,9 @@ class _MaskBuilder:
         shape = data.volume_shape
         if mask_file is not None and mask_file.ndim == 2:  # a detector mask: the same for every frame
             if mask_offset is None and mask_file.shape != shape[1:]:
-                raise InputError(f"the {mask_file.shape[0]} x {mask_file.shape[1]} detector mask is not the size of the "
-                                 f"scan's frames {shape[1:]}: give --mask-offset ROW,COL (the detector pixel of the "
-                                 "scan's first row and column).")
+                raise InputError(f"the {mask_file.shape[0]} x {mask_file.shape[1]} detector mask is not the size of "
+                                 f"the scan's frames {shape[1:]}: give --mask-offset ROW,COL (the detector pixel of "
+                                 "the scan's first row and column).")
             mask_file = frame_mask_volume(mask_file, shape, offset=mask_offset or (0, 0))
         elif mask_offset is not None:
             raise InputError("--mask-offset applies to a 2D detector mask only.")

@@ -28,8 +28,9 @@ On a held-out synthesised stack (``rayproc labdct synth``, never used for traini
    ``sqrt(A)``: a spot of mean SNR 1.5 over 30 px has integrated SNR 8.
 
 The scoring maths is :mod:`rayproc.labdct.evaluation`; figures and ``metrics.md`` are
-:mod:`rayproc.pipelines.labdct.evaluation_report`. On real frames (``real``, no ground truth): the background residual of the network, i.e.
-the mean, standard deviation and 99th percentile of its spot probability over pixels more
+:mod:`rayproc.pipelines.labdct.evaluation_report`. On real frames (``real``, no ground truth):
+the background residual of the network, i.e. the mean, standard deviation and 99th percentile
+of its spot probability over pixels more
 than 3 px from any spot of the standard routine (and off the beam stop), the fraction of
 those pixels above the threshold, spots per frame of both methods and their agreement (F1 of
 the network's spots against the routine's).
