@@ -129,7 +129,25 @@ def test_periphery_preference_moves_portions_off_the_peak_but_not_into_empty_spa
     assert on_peak(periphery).mean() < 0.5 * on_peak(uniform_lit).mean()
 
 
+def test_peak_fraction_centres_that_share_of_portions_around_the_bragg_peak():
+    shape, centre, size = (96, 96, 96), np.array([40, 52, 47]), 16
+    intensity = bragg_peak(shape, centre)
+    origins = portion_origins(shape, 4000, 5, size=size, prefer_periphery=True, intensity=intensity,
+                              peak_fraction=0.5, peak_sigma=4.0)
+    assert np.all(origins >= 0) and np.all(origins <= np.array(shape) - size)
+    offsets = origins + size // 2 - centre
+    near = np.all(np.abs(offsets) <= 12, axis=1)  # 3 sigma on every axis
+    assert 0.47 < near.mean() < 0.6  # half drawn at the peak, few periphery draws land there
+    assert np.std(offsets[near], axis=0) == pytest.approx([4.0] * 3, rel=0.1)
+    everywhere = portion_origins(shape, 500, 5, size=size, intensity=intensity, peak_fraction=1.0, peak_sigma=4.0)
+    assert np.abs(np.median(everywhere + size // 2, axis=0) - centre).max() <= 1
+
+
 def test_origins_refuse_bad_requests():
+    with pytest.raises(InputError, match="peak_fraction"):
+        portion_origins((64, 64, 64), 4, 0, peak_fraction=1.5)
+    with pytest.raises(InputError, match="peak_fraction needs"):
+        portion_origins((64, 64, 64), 4, 0, peak_fraction=1.0)
     with pytest.raises(InputError, match="do not fit"):
         portion_origins((16, 64, 64), 1, 0, size=32)
     with pytest.raises(InputError, match="intensity"):

@@ -157,7 +157,8 @@ def test_measured_oversampling_matches_the_request():
     lags = np.abs(np.fft.fftfreq(size, 1 / size))
     for index in range(4):
         params = random_sample_params(size, np.random.default_rng([7, index]))
-        assert all(2.0 - 1e-9 <= s <= 6.0 + 1e-9 for s in params.oversampling)
+        assert all(2.0 - 1e-9 <= s <= 6.0 + 1e-9 for s in params.oversampling[1:])
+        assert 2.0 - 1e-9 <= params.oversampling[0] <= 18.0 + 1e-9  # times the rocking factor (1..3)
         clean = dataclasses.replace(params, coherence_sigma=(0.0, 0.0, 0.0), background=0.0)
         # The inverse FFT of |F|^2 is the autocorrelation, whose support spans +-L per axis.
         patterson = np.abs(np.fft.ifftn(np.fft.ifftshift(expected_counts(size, clean, supersampling=1))))
@@ -165,6 +166,15 @@ def test_measured_oversampling_matches_the_request():
             profile = patterson.max(axis=tuple(a for a in range(3) if a != axis))
             extent = lags[profile > 1e-6 * profile.max()].max()
             assert abs(extent - size / requested) <= 1.5
+
+
+def test_rocking_sampling_stretches_the_fringes_along_z_only():
+    size = 64
+    plain = random_sample_params(size, np.random.default_rng([3, 1]), rocking_sampling_range=(1.0, 1.0))
+    finer = random_sample_params(size, np.random.default_rng([3, 1]), rocking_sampling_range=(2.5, 2.5))
+    np.testing.assert_allclose(finer.oversampling, (2.5 * plain.oversampling[0], *plain.oversampling[1:]))
+    assert finer.crystal.extent[0] == pytest.approx(plain.crystal.extent[0] / 2.5)
+    assert finer.crystal.extent[1:] == plain.crystal.extent[1:]
 
 
 def test_supersampling_removes_streak_aliasing():

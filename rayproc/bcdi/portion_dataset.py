@@ -74,6 +74,9 @@ class PortionDataset(Dataset):
     prefer_periphery : bool, optional
         Favour dim regions away from the Bragg peak (see
         :func:`rayproc.bcdi.portions.portion_origins`).
+    peak_fraction : float, optional
+        Fraction of portions centred around the Bragg peak instead (~N(peak, 8 px), the
+        published evaluation protocol's placement).
     exclude : ndarray of bool, optional
         A (z, y, x) mask (True on a real detector gap) shared by all volumes: portions never
         touch it (fine-tuning on a gapped target).
@@ -100,6 +103,7 @@ class PortionDataset(Dataset):
         gap_kinds=GAP_KINDS,
         prefer_periphery: bool = True,
         exclude: np.ndarray | None = None,
+        peak_fraction: float = 0.0,
     ):
         self.volumes = list(volumes)
         if portions_per_volume < 1 or not self.volumes:
@@ -112,6 +116,7 @@ class PortionDataset(Dataset):
         self.seed, self.stream, self.size = int(seed), int(stream), int(size)
         self.gap_widths, self.gap_kinds = tuple(int(w) for w in gap_widths), tuple(gap_kinds)
         self.prefer_periphery = prefer_periphery
+        self.peak_fraction = float(peak_fraction)
         self.exclude = None if exclude is None else np.asarray(exclude, dtype=bool)
         self._origins: dict[int, tuple[int, np.ndarray]] = {}  # volume -> (epoch, origins)
 
@@ -162,7 +167,8 @@ class PortionDataset(Dataset):
         for _ in range(_MAX_DRAW_ROUNDS):
             candidates = portion_origins(
                 intensity.shape, n if self.exclude is None else 4 * n, rng, size=self.size,
-                prefer_periphery=self.prefer_periphery, intensity=intensity if self.prefer_periphery else None,
+                prefer_periphery=self.prefer_periphery, peak_fraction=self.peak_fraction,
+                intensity=intensity if self.prefer_periphery or self.peak_fraction else None,
             )
             kept += [o for o in candidates if self.exclude is None or not crop(self.exclude, o, self.size).any()]
             if len(kept) >= n:

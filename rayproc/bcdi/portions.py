@@ -30,6 +30,8 @@ def portion_origins(
     size: int = 32,
     prefer_periphery: bool = False,
     intensity: np.ndarray | None = None,
+    peak_fraction: float = 0.0,
+    peak_sigma: float = 8.0,
 ) -> np.ndarray:
     """Draw origins of ``size``-wide cubic portions that lie wholly inside a volume.
 
@@ -52,6 +54,12 @@ def portion_origins(
         while never drawing portions that hold no signal at all. Needs ``intensity``.
     intensity : ndarray, optional
         The volume's intensities (counts >= 0; NaN counts as no signal), shape ``shape``.
+    peak_fraction : float, optional
+        Fraction (0..1) of the origins drawn instead around the Bragg peak (the brightest voxel
+        of ``intensity``): portion centres ~N(peak, ``peak_sigma``) on each axis, clipped so the
+        portion fits, as in the evaluation protocol of [1]_ (Table 1). Needs ``intensity``.
+    peak_sigma : float, optional
+        Std (voxels) of those centres around the peak.
 
     Returns
     -------
@@ -73,7 +81,19 @@ def portion_origins(
     rng = np.random.default_rng(rng)
     if size < 1 or any(s < size for s in shape):
         raise InputError(f"portions of size {size} do not fit in a volume of shape {shape}.")
+    if not 0.0 <= float(peak_fraction) <= 1.0:
+        raise InputError(f"peak_fraction must be in [0, 1]; got {peak_fraction!r}.")
     n_positions = np.array(shape) - size + 1
+    n_peak = int(rng.binomial(n, float(peak_fraction))) if peak_fraction > 0 else 0
+    if n_peak:
+        if intensity is None or np.shape(intensity) != shape:
+            raise InputError(f"peak_fraction needs an intensity of shape {shape}.")
+        peak = np.array(np.unravel_index(int(np.nanargmax(np.nan_to_num(intensity, nan=-np.inf))), shape))
+        centres = np.rint(peak + rng.normal(0.0, float(peak_sigma), size=(n_peak, len(shape)))).astype(int)
+        near_peak = np.clip(centres - size // 2, 0, n_positions - 1)
+        rest = portion_origins(shape, n - n_peak, rng, size=size, prefer_periphery=prefer_periphery,
+                               intensity=intensity)
+        return rng.permutation(np.concatenate([near_peak, rest]))
     if not prefer_periphery:
         return rng.integers(0, n_positions, size=(n, len(shape)))
     if intensity is None or np.shape(intensity) != shape:

@@ -73,6 +73,9 @@ def train(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate, halved when validation stalls "
                                                 "(default: 1e-3 for gapnet, 1e-4 for masto2024).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Master seed of portions, gaps and initial weights.")] = 0,
+    peak_fraction: Annotated[float, typer.Option(
+        "--peak-fraction", min=0.0, max=1.0,
+        help="Fraction of portions centred near the Bragg peak (~N(peak, 8 px)); the rest favour the dim periphery.")] = 0.0,
     init_model: Annotated[Optional[str], typer.Option(
         "--init-model", metavar="MODEL_DIR",
         help="Continue from this BCDI model's weights and architecture (e.g. rayproc/weights/bcdi-default).")] = None,
@@ -93,7 +96,7 @@ def train(
         depth=depth, patch_size=patch_size, portions_per_volume=portions_per_volume, batch_size=batch_size, lr=lr,
         seed=seed, cpus_per_worker=cpus_per_worker, loader_workers=loader_workers, max_failures=max_failures,
         address=address, cpus=cpus, storage_options=parse_storage_options(storage_option), progress=progress,
-        init_model=init_model))
+        init_model=init_model, peak_fraction=peak_fraction))
 
 
 @app.command()
