@@ -180,5 +180,6 @@ def test_last_line_lists_the_variables_written(tmp_path, capsys):
     assert cli_main(["labdct", "segment", str(tmp_path / "frames"), str(tmp_path / "s.zarr"), "--method",
                      "standard"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith(f"written to {tmp_path / 's.zarr'}: spot table of 6 variables (spot: ")
-    assert last.endswith("spot_label (frame: 3, y: 64, x: 64) int32")
+    assert last.startswith(f"written to {tmp_path / 's.zarr'}: beamstop (det_y: 64, det_z: 64) uint8; "
+                           "hot_pixel (det_y: 64, det_z: 64) uint8; spot table of 6 variables (spot: ")
+    assert last.endswith("spot_label (frame: 3, det_y: 64, det_z: 64) int32")

@@ -56,7 +56,7 @@ def synth_store(tmp_path_factory) -> str:
     """Ten 64 x 96 frames with input and target, as `rayproc labdct synth` lays them out."""
     noisy, spots = _frames(10, (64, 96), 0)
     url = str(tmp_path_factory.mktemp("synth") / "synth.zarr")
-    dims = ("omega", "y", "x")
+    dims = ("omega", "det_y", "det_z")
     write_dataset(url, xr.Dataset({"input": (dims, noisy), "target": (dims, np.where(spots, 255, 0).astype(np.uint8))}),
                   chunks={"input": {"omega": 1}, "target": {"omega": 1}})
     return url
@@ -234,7 +234,7 @@ def model_dir(tmp_path_factory, net) -> Path:
 
 def test_denoise_on_actors_equals_single_process_and_resumes(ray_local, net, model_dir, tmp_path):
     frames, _ = _frames(7, (64, 96), 5)
-    dims = ("omega", "y", "x")
+    dims = ("omega", "det_y", "det_z")
     source = str(tmp_path / "frames.zarr")
     write_dataset(source, xr.Dataset({"projection": (dims, frames)}, coords={"omega": ("omega", np.arange(7) * 3.0)}))
     expected = denoise_frames(frames, net, scale=30.0, tile=64, overlap=16)  # the model directory's scale
@@ -283,9 +283,9 @@ def test_denoise_command_on_a_tiff_folder_and_bad_input(ray_local, net, model_di
     expected = denoise_frames(frames.astype(np.uint16), net, scale=30.0, tile=64)
     np.testing.assert_array_equal(open_dataset(out).denoised.values, expected)
 
-    np.save(tmp_path / "flat.npy", frames[0])
-    assert "(N, H, W)" in cli_error(["labdct", "denoise", tmp_path / "flat.npy", tmp_path / "x.zarr",
-                                     "--model", model_dir, "--no-progress"])
+    np.save(tmp_path / "stacks.npy", frames[None])  # 4D: not a stack of frames (one 2D frame would be)
+    assert "(frame, det_y, det_z)" in cli_error(["labdct", "denoise", tmp_path / "stacks.npy", tmp_path / "x.zarr",
+                                                 "--model", model_dir, "--no-progress"])
     assert not (tmp_path / "x.zarr").exists()
 
 

@@ -76,7 +76,7 @@ def stores(ray_local, known_background, tmp_path_factory):
 def test_background_store_recovers_the_known_background(stores, known_background):
     _, truth, beamstop = known_background
     ds = storage.open_dataset(str(stores / "bg.zarr"))
-    assert ds.background.dims == ("frame", "y", "x") and ds.background.dtype == np.float32
+    assert ds.background.dims == ("frame", "det_y", "det_z") and ds.background.dtype == np.float32
     assert ds.attrs["provenance"]["parameters"]["rolling"] == FRAMES
     estimate = ds.background.values
     np.testing.assert_allclose(estimate.max(axis=(1, 2)), 1.0)
@@ -96,7 +96,7 @@ def test_synth_follows_the_published_equations(stores):
     sim = storage.open_dataset(str(stores / "sim.zarr"))
     ds = storage.open_dataset(str(stores / "synth.zarr"))
     c_bg = sim.attrs["background"]
-    assert ds.input.dims == ("omega", "y", "x") and ds.input.dtype == np.float32 and ds.target.dtype == np.uint8
+    assert ds.input.dims == ("omega", "det_y", "det_z") and ds.input.dtype == np.float32 and ds.target.dtype == np.uint8
     np.testing.assert_array_equal(ds.background_frame.values, [0, 1, 2, 3])  # cycled
     backgrounds = fit_background(storage.open_dataset(str(stores / "bg.zarr")).background.values, (128, 128))
     clean = sim.projection.values.astype(np.float64)
@@ -203,15 +203,15 @@ def test_read_frames_from_a_store_a_tiff_folder_and_bad_stacks(stores, tmp_path)
     from rayproc.pipelines.labdct.background import read_frames
 
     stack, source = read_frames(str(stores / "synth.zarr"))  # the first frame variable: "input"
-    assert source.name == "input" and source.dims == ("omega", "y", "x") and stack.dtype == np.float32
-    assert list(source.dim_coords()) == ["omega", "y", "x"] and source.location is not None
+    assert source.name == "input" and source.dims == ("omega", "det_y", "det_z") and stack.dtype == np.float32
+    assert list(source.dim_coords()) == ["omega", "det_y", "det_z"] and source.location is not None
     folder = tmp_path / "tiffs"
     folder.mkdir()
     for index in (2, 1, 10):
         tifffile.imwrite(folder / f"f{index}.tif", np.full((4, 5), index, np.uint16))
     stack, source = read_frames(str(folder))
     assert stack[:, 0, 0].tolist() == [1, 2, 10] and source.frame_names == ("f1.tif", "f2.tif", "f10.tif")
-    assert source.dims == ("frame", "y", "x") and list(source.coords) == ["frame"]
+    assert source.dims == ("frame", "det_y", "det_z") and list(source.coords) == ["frame", "det_y", "det_z"]
     np.save(tmp_path / "nan.npy", np.full((2, 4, 4), np.nan))
     with pytest.raises(InputError, match="NaN or infinite"):
         read_frames(str(tmp_path / "nan.npy"))
@@ -229,14 +229,16 @@ def test_fit_background_crops_and_resizes():
     assert fitted[:, 5:55].mean() == pytest.approx(1.0) and fitted[:, 65:].mean() == pytest.approx(0.5)
 
 
-def test_segment_standard_finds_the_true_spots(stores, tmp_path):
+def test_segment_standard_finds_the_true_spots(ray_local, stores, tmp_path):
     out = str(tmp_path / "seg.zarr")
     params = {"background": 120.0, "sigma": 1.0, "percentage": 20.0, "min_size": 4, "n_rolling": 5}
     report = segment_labdct(str(stores / "synth.zarr"), out, method="standard", params=json.dumps(params),
-                            command="test")
+                            command="test", progress=False)
     ds = storage.open_dataset(out)
-    assert ds.spot_label.dims == ("omega", "y", "x") and ds.spot_label.dtype == np.int32
-    assert report.spots == ds.sizes["spot"] == int(ds.spot_label.values.max())
+    assert ds.spot_label.dims == ("omega", "det_y", "det_z") and ds.spot_label.dtype == np.int32
+    per_frame = [int(frame.max()) for frame in ds.spot_label.values]  # ids 1..K within each frame
+    assert report.spots == ds.sizes["spot"] == sum(per_frame)
+    assert np.bincount(ds.spot_frame.values, minlength=len(per_frame)).tolist() == per_frame
     assert {"spot_frame", "spot_id", "spot_centroid_y_px", "spot_area_px", "spot_intensity"} <= set(ds.data_vars)
     truth = label_spots(storage.open_dataset(str(stores / "synth.zarr")).target.values)
     labels = ds.spot_label.values
@@ -245,18 +247,22 @@ def test_segment_standard_finds_the_true_spots(stores, tmp_path):
     assert f1 > 0.6 and f1 > chance + 0.4
 
 
-def test_segment_dl_stores_probability_and_labels(stores, tmp_path):
+def test_segment_dl_stores_probability_and_labels(ray_local, stores, tmp_path):
     out = str(tmp_path / "dl.zarr")
-    segment_labdct(str(stores / "synth.zarr"), out, method="dl", model=_tiny_net(), threshold=0.5, command="test")
+    segment_labdct(str(stores / "synth.zarr"), out, method="dl", model=_tiny_net(), threshold=0.5, command="test",
+                   hot_pixels=False, detect_beamstop=False, progress=False)
     ds = storage.open_dataset(out)
     denoised, labels = ds.denoised.values, ds.spot_label.values
     assert denoised.shape == labels.shape == (4, 128, 128) and 0 <= denoised.min() and denoised.max() <= 1
     assert ((labels > 0) <= (denoised >= 0.5)).all()
     from rayproc.labdct.denoise import DEFAULT_MIN_SIZE, dl_spot_labels
 
-    np.testing.assert_array_equal(labels, dl_spot_labels(denoised, threshold=0.5))  # the stored probability's spots
-    sizes = np.bincount(labels.ravel())[1:]
-    assert len(sizes) == labels.max() == ds.sizes["spot"] and sizes.min() >= DEFAULT_MIN_SIZE, sizes  # spots found
+    from rayproc.labdct.spots import number_per_frame
+
+    # the stored probability's spots, numbered within each frame
+    np.testing.assert_array_equal(labels, number_per_frame(dl_spot_labels(denoised, threshold=0.5)))
+    sizes = np.asarray(ds.spot_area_px.values)
+    assert len(sizes) == ds.sizes["spot"] > 0 and sizes.min() >= DEFAULT_MIN_SIZE, sizes  # spots found
 
 
 def test_mean_snr_of_a_flat_spot_is_its_pixel_snr():

@@ -21,9 +21,9 @@ def stack(ray_local, tmp_path_factory):
 
 def test_layout_coords_and_spot_table(stack):
     ds = storage.open_dataset(stack)
-    assert ds.projection.dims == ("omega", "y", "x") and ds.spot_label.dims == ("omega", "y", "x")
+    assert ds.projection.dims == ("omega", "det_y", "det_z") and ds.spot_label.dims == ("omega", "det_y", "det_z")
     assert ds.projection.dtype == np.float32 and ds.spot_label.dtype == np.int32
-    assert ds.omega.attrs["units"] == "deg" and ds.y.attrs["units"] == "mm" and ds.x.attrs["units"] == "mm"
+    assert ds.omega.attrs["units"] == "deg" and ds.det_y.attrs["units"] == "mm" and ds.det_z.attrs["units"] == "mm"
     np.testing.assert_allclose(ds.omega.values, [180, 90, 0, -90])  # fe_farfield: from 180 deg, decreasing
     images, labels = ds.projection.values, ds.spot_label.values
     bg = ds.attrs["background"]

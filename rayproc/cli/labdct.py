@@ -150,29 +150,50 @@ def calibrate(
 
 @app.command()
 def segment(
-    source: Annotated[str, typer.Argument(help="Raw frames: TIFF folder, stack file or zarr store.")],
-    out: Annotated[str, typer.Argument(help="Output zarr store (spot_label and spot table).")],
-    method: Annotated[str, typer.Option("--method", help="dl (network) or standard (rolling median + LoG).")],
+    source: Annotated[str, typer.Argument(
+        help="Raw frames (TIFF folder, stack file, one frame, zarr store) or a `labdct denoise` store.")],
+    out: Annotated[str, typer.Argument(help="Output zarr store (spot_label, spot table, beamstop and hot_pixel masks).")],
+    method: Annotated[Optional[str], typer.Option(
+        "--method", help="dl (network) or standard (rolling median + LoG); a denoised input is segmented by dl "
+                         "without running the network again.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="dl: model directory (default: shipped).")] = None,
     params: Annotated[Optional[str], typer.Option(
-        "--params", help="standard: parameters as a JSON file or text (e.g. evaluate's standard_params.json).")] = None,
-    beamstop_from: Annotated[Optional[str], typer.Option(
-        "--beamstop-from", help="geometry.json: its beam stop is never a spot.")] = None,
-    threshold: Annotated[Optional[float], typer.Option("--threshold", help="dl: spot probability threshold.")] = None,
-    gpu: Annotated[bool, typer.Option("--gpu", help="Run the network on the GPU.")] = False,
+        "--params", help="standard: parameters as a JSON file or text (e.g. evaluate's standard_params.json); "
+                         "default: background at background_sigmas x the residual noise.")] = None,
+    geometry: Annotated[Optional[str], typer.Option(
+        "--geometry", help="geometry.json: its beam stop is never a spot; its rotation_deg names frames by omega.")] = None,
+    beamstop_from: Annotated[Optional[str], typer.Option("--beamstop-from", hidden=True)] = None,
+    detect_beamstop: Annotated[bool, typer.Option(
+        "--detect-beamstop/--no-detect-beamstop", help="Without --geometry, mask the persistent dark region.")] = True,
+    hot_pixels: Annotated[bool, typer.Option(
+        "--hot-pixels/--no-hot-pixels", help="Mask pixels far above their neighbours in most frames.")] = True,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="dl: spot probability threshold (0.5).")] = None,
+    min_size: Annotated[Optional[int], typer.Option("--min-size", min=1, help="dl: smallest spot in pixels (4).")] = None,
+    frames_per_task: Annotated[int, typer.Option("--frames-per-task", min=1, help="Frames per unit of work.")] = 4,
+    gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per actor (dl).")] = False,
+    cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", help="Ray CPUs (and torch threads) per actor.")] = 1.0,
+    workers: Workers = 2,
+    cpus: Cpus = None,
+    address: Address = None,
     storage_option: StorageOptions = None,
     overwrite: Overwrite = False,
+    progress: Progress = True,
 ):
-    """Segment the diffraction spots of raw frames with the network or the standard routine."""
+    """Segment the diffraction spots of a stack with the network or the standard routine, slabs on Ray actors (resumable)."""
     from rayproc.pipelines.labdct.segment import segment_labdct
     from rayproc.storage import parse_storage_options
 
-    report = segment_labdct(source, out, method=method, model=model, params=params, beamstop_from=beamstop_from,
-                            threshold=threshold, device="cuda" if gpu else "cpu",
-                            storage_options=parse_storage_options(storage_option), overwrite=overwrite)
-    typer.echo(f"{report.url}: {report.spots} spots in {report.frames} frames ({report.method}, "
-               f"{report.seconds:.1f} s)")
-    typer.echo(written_line(report.url, parse_storage_options(storage_option)))
+    options = parse_storage_options(storage_option)
+    report = segment_labdct(source, out, method=method, model=model, params=params, geometry=geometry,
+                            beamstop_from=beamstop_from, detect_beamstop=detect_beamstop, hot_pixels=hot_pixels,
+                            threshold=threshold, min_size=min_size, frames_per_task=frames_per_task, workers=workers,
+                            gpu=gpu, cpus_per_worker=cpus_per_worker, address=address, cpus=cpus,
+                            storage_options=options, overwrite=overwrite, progress=progress)
+    if report.status == "complete":
+        typer.echo(f"{report.url}: already complete; nothing to do")
+    typer.echo(f"{report.url}: {report.spots} spots in {report.frames} frames ({report.method}; masked: beam stop "
+               f"{report.beamstop_px} px, hot pixels {report.hot_pixels}; {report.seconds:.1f} s)")
+    typer.echo(written_line(report.url, options))
 
 
 @app.command()
@@ -281,7 +302,7 @@ def train(
 
 @app.command()
 def denoise(
-    src: Annotated[str, typer.Argument(help="Frames (omega, y, x): zarr store (projection, input or intensity), "
+    src: Annotated[str, typer.Argument(help="Frames (omega, det_y, det_z): zarr store (projection, input or intensity), "
                                             "TIFF folder or stack file.")],
     out: Annotated[str, typer.Argument(help="Output zarr store with denoised (path or s3:// URL).")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory (default: shipped).")] = None,

@@ -30,6 +30,11 @@ from rayproc.errors import InputError
 from rayproc.labdct.background import rolling_median
 from rayproc.labdct.spots import label_spots, match_spots
 
+# Default background threshold in residual-noise units (``StandardRoutineParams.background_sigmas``):
+# the smallest k leaving < 1 false spot per megapixel per frame on noise-only stacks at 150-2000
+# counts per pixel (benchmarks/labdct_standard_defaults.py).
+DEFAULT_BACKGROUND_SIGMAS = 8.0
+
 
 @dataclass(frozen=True)
 class StandardRoutineParams:
@@ -37,9 +42,13 @@ class StandardRoutineParams:
 
     Parameters
     ----------
-    background : float
+    background : float or None
         Background value: intensities of the median-subtracted frame up to this value are
-        background (the frame is shifted down by it and clipped at 0 before the LoG).
+        background (the frame is shifted down by it and clipped at 0 before the LoG). None (the
+        default): ``background_sigmas`` times the stack's residual noise
+        (:func:`residual_noise`), so the same parameters fit frames of any intensity scale.
+    background_sigmas : float
+        The background in multiples of the residual noise, when ``background`` is None.
     sigma : float
         Width (px) of the LoG's Gaussian.
     percentage : float
@@ -51,13 +60,18 @@ class StandardRoutineParams:
         Number of consecutive projections in the rolling median.
     """
 
-    background: float = 10.0
+    background: float | None = None
+    background_sigmas: float = DEFAULT_BACKGROUND_SIGMAS
     sigma: float = 1.5
     percentage: float = 20.0
     min_size: int = 4
     n_rolling: int = 5
 
     def __post_init__(self):
+        if self.background is not None:
+            object.__setattr__(self, "background", float(self.background))
+        if not self.background_sigmas >= 0:
+            raise InputError(f"background_sigmas must be >= 0; got {self.background_sigmas!r} instead.")
         if not self.sigma > 0:
             raise InputError(f"sigma must be > 0; got {self.sigma!r} instead.")
         if not 0 <= self.percentage < 100:
@@ -70,6 +84,12 @@ class StandardRoutineParams:
 
     def to_dict(self) -> dict:
         return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    def for_noise(self, noise: float) -> "StandardRoutineParams":
+        """These parameters with an absolute ``background`` (``background_sigmas * noise`` if unset)."""
+        if self.background is not None:
+            return self
+        return replace(self, background=float(self.background_sigmas) * float(noise))
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "StandardRoutineParams":
@@ -134,7 +154,7 @@ def log_spot_labels(
     image = np.asarray(image, dtype=np.float32)
     if image.ndim not in (2, 3):
         raise InputError(f"image must be (H, W) or (N, H, W); got shape {image.shape} instead.")
-    params = StandardRoutineParams(background, sigma, percentage, min_size)
+    params = StandardRoutineParams(background, sigma=sigma, percentage=percentage, min_size=min_size)
     frames = np.clip(image.reshape((-1,) + image.shape[-2:]) - params.background, 0, None)
     if beamstop is not None:
         beamstop = np.asarray(beamstop, dtype=bool)
@@ -150,6 +170,8 @@ def log_spot_labels(
         frames, width, order=(0, 0, 2)
     )
     response = -params.sigma**2 * laplacian
+    if beamstop is not None:  # the LoG spreads light into the mask: no spot pixel there either
+        response[:, beamstop] = 0
     blobs = label_spots(response > 0)
     blob_max = ndi.maximum(response, blobs, np.arange(1, blobs.max() + 1))
     floor = np.concatenate([[np.inf], params.percentage / 100 * np.asarray(blob_max)])
@@ -160,7 +182,7 @@ def log_spot_labels(
     return spots.reshape(image.shape)
 
 
-def standard_routine(stack, params: StandardRoutineParams, *, beamstop=None) -> np.ndarray:
+def standard_routine(stack, params: StandardRoutineParams, *, beamstop=None, noise: float | None = None) -> np.ndarray:
     """Rolling-median subtraction then LoG segmentation, the standard routine [1]_.
 
     Parameters
@@ -170,6 +192,10 @@ def standard_routine(stack, params: StandardRoutineParams, *, beamstop=None) -> 
     params : StandardRoutineParams
     beamstop : array_like of bool, shape (H, W), optional
         Beam-stop pixels, excluded from spots.
+    noise : float, optional
+        Residual noise setting a ``background`` given in noise units (default: measured on
+        ``stack`` off the beam stop, :func:`residual_noise`); pass the whole stack's value when
+        segmenting it slab by slab.
 
     Returns
     -------
@@ -185,6 +211,8 @@ def standard_routine(stack, params: StandardRoutineParams, *, beamstop=None) -> 
     (1, 1)
     """
     corrected = rolling_median_subtract(stack, params.n_rolling)
+    if params.background is None:
+        params = params.for_noise(robust_noise(corrected, beamstop=beamstop) if noise is None else noise)
     return log_spot_labels(
         corrected,
         background=params.background,

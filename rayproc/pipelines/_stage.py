@@ -88,7 +88,8 @@ class SharedObjects:
         import ray
 
         array = open_array(self.location, self.variable) if self.array_ref is None else ray.get(self.array_ref)
-        return ray.get(self.network_ref).to(device).eval(), array
+        network = ray.get(self.network_ref)
+        return (None if network is None else network.to(device).eval()), array
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class ResumableStage:
         on_start: Callable[[list], None] | None = None,
         prepare: Callable[[set[str]], None] | None = None,
         driver_tasks: Sequence[str] = (),
+        finish: Callable[[], None] | None = None,
     ) -> StageResult:
         """Create or resume the output store and run the jobs not yet done on the actors.
 
@@ -161,8 +163,8 @@ class ResumableStage:
             Every job of the stage (``name`` and ``shared`` fields); those already done are skipped.
         factory : callable
             Builds the per-actor stage (called once per actor), which computes and writes a job.
-        network : torch.nn.Module
-            Put in the object store once; see :class:`SharedObjects`.
+        network : torch.nn.Module or None
+            Put in the object store once; see :class:`SharedObjects` (None: a stage without one).
         data : InputArray
             The input the jobs read; see :class:`SharedObjects`.
         actors : Actors
@@ -180,6 +182,9 @@ class ResumableStage:
             before the actors start (e.g. the masks of ``bcdi inpaint``).
         driver_tasks : sequence of str
             Names of the tasks ``prepare`` writes; the store is complete only with them too.
+        finish : callable, optional
+            Runs on the driver once every job is done, before the store is marked complete
+            (e.g. gathering the jobs' tables into one); it must be idempotent.
 
         Returns
         -------
@@ -203,6 +208,8 @@ class ResumableStage:
                 factory, [dataclasses.replace(job, shared=shared) for job in todo], workers=actors.workers,
                 cpus_per_worker=actors.cpus_per_worker, gpus_per_worker=actors.gpus_per_worker, desc=desc,
                 progress=progress, on_start=on_start, done_before=len(jobs) - len(todo), total=len(jobs)))
+        if finish is not None:
+            finish()
         finalize(self.location, [*driver_tasks, *(job.name for job in jobs)])
         return StageResult(status, results)
 

@@ -12,15 +12,25 @@ Inputs (:func:`rayproc.storage.inputs.open_input`): anything
 :func:`rayproc.storage.readers.read_volume` reads (one volume), or a zarr store with
 ``intensity`` (z, y, x) or (sample, z, y, x) and an optional ``mask`` (True = missing).
 Everything is checked before the output store is created; the store, the actors and resuming are
-:class:`rayproc.pipelines._stage.ResumableStage`'s.
+:class:`rayproc.pipelines._stage.ResumableStage`'s (``workers=0``: the same steps in this
+process, without Ray).
+
+``adapt=True`` first fine-tunes the model on the input itself
+(:func:`rayproc.pipelines.bcdi.train.finetune_bcdi`: portions beside its gaps cut by its own
+gaps, held-out selection that keeps the base weights unless an epoch beats them) into a model
+directory beside the output (:func:`adapted_model_dir`, default ``OUT.adapted-model``; its
+checkpoints inside it, so a rerun after an interruption resumes), then inpaints with that
+model; the store's ``attrs["adaptation"]`` says what was kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,13 +40,20 @@ from rayproc.bcdi.inpaint import (
     DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_CHUNK, DEFAULT_STRIDE, PORTION, check_known_counts, composite,
     plan_windows, predict_portions,
 )
-from rayproc.errors import InputError
+from rayproc.errors import InputError, Interrupted
 from rayproc.models.artifact import resolve_model
 from rayproc.options import check_counts, look_up_option
-from rayproc.pipelines._stage import Actors, ResumableStage, SharedObjects, output_attrs
+from rayproc.pipelines._stage import Actors, ResumableStage, SharedObjects, StageResult, output_attrs
 from rayproc.stitching import BLEND_MODES, ChunkTask, importance_map, plan_chunks, predict_chunk
-from rayproc.storage import ArraySpec, Location, resolve, write_task
+from rayproc.storage import (
+    ArraySpec, Location, command_line, create_dataset, done_tasks, finalize, provenance, resolve, write_task,
+)
 from rayproc.storage.inputs import PIXEL_COORDS, InputArray, open_array, open_input
+from rayproc.storage.outputs import check_apart, claim_folder
+
+# Fine-tuning on the input (--adapt): epochs, portions per epoch, Adam learning rate.
+ADAPT_EPOCHS, ADAPT_PORTIONS, ADAPT_LR = 3, 512, 1e-4
+ADAPTED_SUFFIX = ".adapted-model"
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,7 @@ class InpaintReport:
     windows: int
     status: str
     peak_worker_rss_mb: float | None = None
+    adaptation: dict | None = None
 
 
 # ---------------------------------------------------------------- inputs
@@ -94,6 +112,40 @@ def _read_mask_file(path: str, storage_options: dict | None) -> np.ndarray:
     if not np.isfinite(values).all():
         raise InputError(f"mask {path} holds NaN/Inf values; expected 0 (measured) and nonzero (missing).")
     return values != 0
+
+
+def target_mask(source: str, *, mask: str | None = None, gaps: Sequence[str] = (),
+                mask_offset: Sequence[int] | None = None, sample: int | None = None,
+                storage_options: dict | None = None) -> np.ndarray:
+    """The voxels ``rayproc bcdi inpaint`` fills in one volume of ``source`` (True = missing).
+
+    The store's own ``mask``, the ``mask`` file (a 2D detector mask placed at ``mask_offset``)
+    and the ``gaps``, combined, checked as inpainting checks them; fine-tuning on the target
+    (:func:`rayproc.pipelines.bcdi.train.finetune_bcdi`) keeps its portions off them.
+    """
+    data = _open_volumes(source, storage_options)
+    gaps = [f"{a}:{s}:{w}" for a, s, w in (parse_gap(g) for g in gaps)]
+    builder = _MaskBuilder(data, _read_mask_file(mask, storage_options) if mask else None, gaps, mask_offset)
+    return builder(sample if data.intensity.ndim == 4 else None)
+
+
+def adapted_model_dir(out: str, adapt_out: str | None = None, *, storage_options: dict | None = None) -> str:
+    """Where ``--adapt`` writes the model fine-tuned on the input: ``adapt_out``, or beside ``out``.
+
+    The default is ``OUT.adapted-model`` next to a local output store (an ``s3://`` output
+    needs ``adapt_out``, a local folder); it never lies inside the output store.
+    """
+    location = resolve(out, storage_options)
+    if adapt_out is None:
+        if location.is_remote:
+            raise InputError(f"--adapt with the output {location.url} needs --adapt-out DIR, a local folder for the "
+                             "adapted model.")
+        adapt_out = location.url.rstrip("/") + ADAPTED_SUFFIX
+    folder = resolve(adapt_out)
+    if folder.is_remote:
+        raise InputError(f"--adapt-out must be a local folder; got {folder.url}.")
+    check_apart(folder, [location])  # never the output store itself, nor inside it
+    return folder.url
 
 
 def _sample_region(sample: int | None, region: Sequence[slice] = ()) -> tuple:
@@ -207,6 +259,47 @@ def _shift(region: Sequence[slice], start: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(int(s.start - o), int(s.stop - o)) for s, o in zip(region, start))
 
 
+@dataclass(frozen=True)
+class _InProcessShared:
+    """What :class:`SharedObjects` gives an actor, for chunks inpainted in this process (``workers=0``)."""
+
+    network: Any
+    data: InputArray
+
+    def fetch(self, device: str = "cpu"):
+        array = open_array(self.data.location, self.data.name) if self.data.location is not None else \
+            np.asarray(self.data.data)
+        return self.network.to(device).eval(), array
+
+
+def _run_in_process(stage: ResumableStage, arrays: dict, jobs: list, factory: Callable, *, network, data: InputArray,
+                    parameters: dict, coords, attrs: dict, command: str | None, progress: bool,
+                    prepare: Callable[[set[str]], None], driver_tasks: Sequence[str]) -> StageResult:
+    """:meth:`ResumableStage.run` without Ray: the same store, markers and resuming, one chunk at a time here."""
+    import torch
+    from tqdm.auto import tqdm
+
+    status = create_dataset(stage.location, arrays, coords=coords, attrs=attrs,
+                            provenance_attrs=provenance(command or command_line(), parameters),
+                            overwrite=stage.overwrite, inputs=list(stage.inputs))
+    if status == "complete":
+        return StageResult(status, [])
+    finished = done_tasks(stage.location)
+    prepare(finished)
+    todo = [job for job in jobs if job.name not in finished]
+    shared, results, threads = _InProcessShared(network, data), [], torch.get_num_threads()
+    try:
+        worker = factory()  # sets the actors' torch thread count, so chunks match theirs bit for bit
+        for job in tqdm(todo, desc="inpainting chunks", unit="item", disable=not progress, mininterval=1.0):
+            results.append(worker(dataclasses.replace(job, shared=shared)))
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted(len(jobs) - len(todo) + len(results), len(jobs)) from None
+    finally:
+        torch.set_num_threads(threads)
+    finalize(stage.location, [*driver_tasks, *(job.name for job in jobs)])
+    return StageResult(status, results)
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -232,6 +325,11 @@ def inpaint_bcdi(
     progress: bool = True,
     command: str | None = None,
     on_start: Callable[[list], None] | None = None,
+    adapt: bool = False,
+    adapt_epochs: int = ADAPT_EPOCHS,
+    adapt_portions: int = ADAPT_PORTIONS,
+    adapt_lr: float = ADAPT_LR,
+    adapt_out: str | None = None,
 ) -> InpaintReport:
     """Inpaint the gaps of the volume(s) ``source`` into the zarr store ``out``.
 
@@ -262,6 +360,8 @@ def inpaint_bcdi(
         up to ``patch - 1`` voxels on each side.
     workers, gpu, cpus_per_worker
         Actors, one GPU each when ``gpu``; torch threads per actor = ``int(cpus_per_worker)``.
+        ``workers=0`` runs everything in this process without Ray (the same output, bit for
+        bit). With ``adapt``, also the Ray Train workers of the adaptation.
     address, cpus
         Ray cluster to join (or ``RAY_ADDRESS``), else an embedded Ray with ``cpus`` CPUs.
     storage_options : dict, optional
@@ -274,16 +374,35 @@ def inpaint_bcdi(
         Command line recorded in the provenance.
     on_start : callable, optional
         Receives the actor handles (tests).
+    adapt : bool
+        Fine-tune the model on ``source`` first (one volume), then inpaint with it (see the
+        module docstring); ``overwrite`` restarts the adaptation too.
+    adapt_epochs, adapt_portions, adapt_lr
+        Epochs, training portions per epoch and Adam learning rate of the adaptation.
+    adapt_out : str, optional
+        Model directory of the adaptation (default: :func:`adapted_model_dir`).
 
     Returns
     -------
     InpaintReport
     """
     blend = look_up_option(blend, BLEND_MODES, name="blend")
-    check_counts(stride=stride, chunk=chunk, batch_size=batch_size, workers=workers)
+    check_counts(stride=stride, chunk=chunk, batch_size=batch_size)
+    if workers < 0:
+        raise InputError(f"--workers must be >= 0 (0: in this process); got {workers}.")
+    if adapt:
+        check_counts(adapt_epochs=adapt_epochs, adapt_portions=adapt_portions)
+        if not adapt_lr > 0:
+            raise InputError(f"--adapt-lr must be > 0; got {adapt_lr}.")
     stage = ResumableStage.claim(out, [source, mask], storage_options=storage_options, overwrite=overwrite)
     gaps = [f"{a}:{s}:{w}" for a, s, w in (parse_gap(g) for g in gaps)]
     network, resolved = resolve_model(model, "bcdi", device="cpu")
+    adapt_dir = None
+    if adapt:
+        if resolved.info is None:
+            raise InputError("--adapt needs a model directory (or the shipped model), not a network object.")
+        adapt_dir = adapted_model_dir(out, adapt_out, storage_options=storage_options)
+        claim_folder(adapt_dir, inputs=[source, mask, resolved.source], create=False)
     patch = int(resolved.patch_size or PORTION)
     data = _open_volumes(source, storage_options)
     mask_of = _MaskBuilder(data, _read_mask_file(mask, storage_options) if mask else None, gaps, mask_offset)
@@ -297,6 +416,16 @@ def inpaint_bcdi(
         for task in plan_chunks(data.volume_shape, chunk, origins, patch):
             jobs.append(_ChunkJob(task_name(sample, task.index), sample, task, origins[list(task.windows)]))
 
+    adaptation = None
+    if adapt:
+        if len(data.samples) != 1:
+            raise InputError(f"--adapt fine-tunes on one volume; {data.intensity.url} holds {len(data.samples)}.")
+        network, resolved, adaptation = _adapt(
+            resolved, source, adapt_dir, mask=mask, gaps=gaps, mask_offset=mask_offset, epochs=adapt_epochs,
+            portions=adapt_portions, lr=adapt_lr, stride=stride, workers=workers, gpu=gpu,
+            cpus_per_worker=cpus_per_worker, address=address, cpus=cpus, storage_options=storage_options,
+            progress=progress, command=command, restart=overwrite)
+
     def write_masks(finished: set[str]) -> None:
         for sample in data.samples:
             if task_name(sample) not in finished:
@@ -308,17 +437,62 @@ def inpaint_bcdi(
                   "chunk": int(chunk), "batch_size": int(batch_size)}
     if mask_offset is not None:  # only then, so that earlier outputs still resume
         parameters["mask_offset"] = [int(o) for o in mask_offset]
-    actors = Actors(workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker, address=address, cpus=cpus)
+    attrs = output_attrs(data.intensity.attrs, "BCDI intensity with inpainted detector gaps")
+    if adaptation is not None:  # only then, so that earlier outputs still resume
+        parameters["adapt"] = {k: adaptation[k] for k in ("base_model", "epochs", "portions_per_epoch", "lr")}
+        attrs["adaptation"] = adaptation
+    actors = Actors(workers=max(1, workers), gpu=gpu, cpus_per_worker=cpus_per_worker, address=address, cpus=cpus)
     factory = functools.partial(_ChunkInpainter, stage.location, device=actors.device, threads=actors.threads,
                                 blend=blend, batch_size=int(batch_size), patch=patch)
+    if workers == 0:
+        if gpu:
+            from rayproc.runtime.resources import require_cuda
+
+            require_cuda("cuda")
+        run = _run_in_process(stage, _output_arrays(data.intensity, chunk), jobs, factory, network=network,
+                              data=data.intensity, parameters=parameters, coords=data.intensity.coords, attrs=attrs,
+                              command=command, progress=progress, prepare=write_masks,
+                              driver_tasks=[task_name(s) for s in data.samples])
+        return InpaintReport(stage.location.url, len(data.samples), len(jobs), run.computed, windows, run.status,
+                             None, adaptation)
     run = stage.run(
         _output_arrays(data.intensity, chunk), jobs, factory, network=network, data=data.intensity, actors=actors,
-        parameters=parameters, coords=data.intensity.coords,
-        attrs=output_attrs(data.intensity.attrs, "BCDI intensity with inpainted detector gaps"), command=command,
+        parameters=parameters, coords=data.intensity.coords, attrs=attrs, command=command,
         desc="inpainting chunks", progress=progress, on_start=on_start, prepare=write_masks,
         driver_tasks=[task_name(s) for s in data.samples])
     peak = max((r.peak_rss_mb for r in run.results), default=None)
-    return InpaintReport(stage.location.url, len(data.samples), len(jobs), run.computed, windows, run.status, peak)
+    return InpaintReport(stage.location.url, len(data.samples), len(jobs), run.computed, windows, run.status, peak,
+                         adaptation)
+
+
+def _adapt(base, source: str, folder: str, *, portions: int, **options):
+    """Fine-tune ``base`` (a :class:`~rayproc.models.artifact.ResolvedModel`) on ``source`` into
+    ``folder``; the adapted network, its description and what the output's attrs record."""
+    from rayproc.pipelines.bcdi.train import finetune_bcdi
+
+    finetune_bcdi(base.source, source, folder, portions_per_volume=portions, **options)
+    network, resolved = resolve_model(folder, "bcdi", device="cpu")
+    metrics = resolved.info.metrics
+    before, after = metrics["base"], metrics["best"]
+    adaptation = {
+        "model_dir": str(Path(folder)),
+        "model_sha256": resolved.sha256,
+        "base_model": {"source": str(base.source), "sha256": base.sha256},
+        "epochs": int(options["epochs"]),
+        "portions_per_epoch": int(portions),
+        "lr": float(options["lr"]),
+        "best_epoch": int(metrics["best_epoch"]) + 1,  # 0: the base model
+        "kept": metrics["kept"],
+        "adapted": metrics["best_epoch"] >= 0,
+        "heldout_portions": int(resolved.info.provenance["parameters"]["val_portions_per_volume"]),
+        "heldout_pcc_before": before.get("val_pcc_pooled"),
+        "heldout_pcc_after": after.get("val_pcc_pooled"),
+        "heldout_pcc_per_portion_before": before.get("val_pcc"),
+        "heldout_pcc_per_portion_after": after.get("val_pcc"),
+        "heldout_loss_before": before["val_loss"],
+        "heldout_loss_after": after["val_loss"],
+    }
+    return network, resolved, adaptation
 
 
 def _output_arrays(intensity: InputArray, chunk: int) -> dict[str, ArraySpec]:
@@ -335,4 +509,5 @@ def _output_arrays(intensity: InputArray, chunk: int) -> dict[str, ArraySpec]:
     }
 
 
-__all__ = ["DEFAULT_CHUNK", "InpaintReport", "VOLUME_COORDS", "inpaint_bcdi", "task_name"]
+__all__ = ["ADAPTED_SUFFIX", "ADAPT_EPOCHS", "ADAPT_LR", "ADAPT_PORTIONS", "DEFAULT_CHUNK", "InpaintReport",
+           "VOLUME_COORDS", "adapted_model_dir", "inpaint_bcdi", "target_mask", "task_name"]

@@ -13,6 +13,11 @@
   :func:`rayproc.runtime.training.run_training`: ``workers`` TorchTrainer workers (or this
   process with ``workers=0``), then the best epoch exported as a model directory
   (:mod:`rayproc.models.artifact`).
+* Fine-tuning on a target (:func:`finetune_bcdi`, ``rayproc bcdi inpaint --adapt``) samples
+  the target's own portions beside its real gaps where it holds counts, cuts them with the
+  target's gaps as its inpainting windows see them, validates on held-out positions, and
+  keeps the best of the base model and every epoch by held-out in-gap PCC
+  (:class:`KeepBestOfBase`): adapting never ends worse than the base model on those portions.
 
 Training follows Masto et al. [1]_: portions cut preferably away from the Bragg peak, an
 artificial line or cross gap of width 3, 6, 9 or 12 voxels per portion, log-scaled and
@@ -32,7 +37,9 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,18 +48,24 @@ import numpy as np
 import torch
 
 from rayproc.bcdi.gaps import GAP_KINDS, gaps_to_mask
+from rayproc.bcdi.inpaint import DEFAULT_STRIDE, check_known_counts, plan_windows
 from rayproc.bcdi.metrics import gap_pcc
 from rayproc.bcdi.network import BcdiNetConfig, build_bcdi_net
 from rayproc.bcdi.portion_dataset import PortionDataset
-from rayproc.bcdi.portions import NormStats, denormalise_portion
+from rayproc.bcdi.portions import NormStats, denormalise_portion, gap_templates
 from rayproc.errors import InputError
-from rayproc.models.artifact import resolve_model
+from rayproc.models.artifact import read_model_info, resolve_model, save_model
 from rayproc.models.losses import inpainting_loss
 from rayproc.pipelines.bcdi.portion_data import VolumeReader, VolumeRef, list_volumes
-from rayproc.runtime.epochs import Scores, run_epochs, start_worker
+from rayproc.runtime.epochs import (
+    STATE_FILE, Precision, Scores, rank_and_world, run_epochs, start_worker, validate,
+)
 from rayproc.runtime.training import (
     BaseTrainSpec, TrainReport, export_best, plot_curves, run_training, session_for, write_epoch,
 )
+from rayproc.storage import command_line, provenance, redacted
+from rayproc.storage.cache import ArrayCache
+from rayproc.storage.inputs import open_input
 from rayproc.storage.outputs import claim_folder
 
 GAP_WIDTHS = (3, 6, 9, 12)
@@ -64,6 +77,17 @@ NORMALISATION = {
 # Adam learning rate per architecture: masto2024 (sigmoid output, no prior) collapses to an
 # all-zero gap within ~10 steps at 1e-3 on the simulated set; at 1e-4 it learns.
 DEFAULT_LR = {"gapnet": 1e-3, "masto2024": 1e-4}
+# Share of a target's candidate portion positions held out to validate (and select) its adaptation.
+HOLDOUT = 0.2
+# Key of a target run's selection (base model row, best epoch, its weights) in the checkpoint state.
+TARGET_STATE = "target_selection"
+# The validation score a target run keeps its best by (:func:`target_scores`).
+SELECTED_BY = "val_pcc_pooled"
+# Fields added to TrainSpec for target runs: left out of its dict at their defaults, so that runs
+# and models made before them still compare equal (resume, provenance).
+_TARGET_DEFAULTS = {"target_sampling": False, "holdout": HOLDOUT, "template_stride": DEFAULT_STRIDE, "reach": None,
+                    "exclude_mask_offset": ()}
+_NOT_PROVENANCE = ("ray_train", "checkpoints", "progress")
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,14 @@ class TrainSpec(BaseTrainSpec):
     volumes). ``exclude_mask`` (a file) or ``exclude_gaps`` (``AXIS:START:WIDTH``) mark real
     gaps no portion may touch. ``init_model`` is a model directory to start from. The spec
     checks on construction that the network, portion size, gap widths and volumes fit together.
+
+    A target run (``target_sampling``: fine-tuning on the one volume of ``volumes``, any input
+    ``rayproc bcdi inpaint`` reads) excludes the same missing voxels inpainting fills (the
+    store's ``mask``, ``exclude_mask`` with ``exclude_mask_offset`` for a 2D detector mask, and
+    ``exclude_gaps``), places portions beside them (decay length ``reach``), cuts them with
+    the gaps as the inpainting windows at ``template_stride`` see them, holds out ``holdout``
+    of the candidate positions for validation, and keeps the best of the base model
+    (``init_model``) and every epoch by held-out in-gap PCC.
     """
 
     volumes: tuple[dict, ...]
@@ -90,6 +122,18 @@ class TrainSpec(BaseTrainSpec):
     init_model: str | None = None
     exclude_mask: str | None = None
     exclude_gaps: tuple[str, ...] = ()
+    exclude_mask_offset: tuple[int, ...] = ()
+    target_sampling: bool = False
+    holdout: float = HOLDOUT
+    template_stride: int = DEFAULT_STRIDE
+    reach: float | None = None
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        for name, default in _TARGET_DEFAULTS.items():
+            if d[name] == (list(default) if isinstance(default, tuple) else default):
+                del d[name]
+        return d
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -107,6 +151,13 @@ class TrainSpec(BaseTrainSpec):
             problems.append(f"peak fraction {self.peak_fraction} must lie in [0, 1]")
         if not self.gap_widths or not all(1 <= w < self.patch_size for w in self.gap_widths):
             problems.append(f"gap widths {self.gap_widths} must lie in [1, {self.patch_size})")
+        if self.target_sampling:
+            if len(self.volumes) != 1 or self.val_volumes or not self.init_model:
+                problems.append("a target run needs one target volume, no validation volumes and a base model")
+            if not 0.0 < self.holdout < 1.0:
+                problems.append(f"held-out fraction {self.holdout} must lie in (0, 1)")
+            if self.template_stride < 1:
+                problems.append(f"template stride {self.template_stride} must be >= 1")
         small = [VolumeRef.from_dict(v) for v in (*self.volumes, *self.val_volumes)]
         small = [str(v) for v in small if min(v.shape) < self.patch_size]
         if small:
@@ -121,6 +172,8 @@ class TrainSpec(BaseTrainSpec):
 
 def datasets_for(spec: TrainSpec, *, read: VolumeReader | None = None) -> tuple[PortionDataset, PortionDataset]:
     """Training and validation datasets of a spec (stream 0 and 1 of the same seed, one volume cache)."""
+    if spec.target_sampling:
+        return target_datasets(spec, read=read)
     read = read if read is not None else VolumeReader(spec.storage_options)
     volumes = [VolumeRef.from_dict(v) for v in spec.volumes]
     common = dict(
@@ -134,8 +187,76 @@ def datasets_for(spec: TrainSpec, *, read: VolumeReader | None = None) -> tuple[
     )
 
 
+def target_datasets(spec: TrainSpec, *, read=None) -> tuple[PortionDataset, PortionDataset]:
+    """Training and held-out validation portions of a target run (see :class:`TrainSpec`)."""
+    read = read if read is not None else TargetReader(spec.storage_options)
+    volumes = [VolumeRef.from_dict(v) for v in spec.volumes]
+    exclude = exclusion_mask(spec, volumes[0].shape)
+    windows = target_windows(exclude, patch=spec.patch_size, stride=spec.template_stride)
+    templates, counts = gap_templates(exclude, windows, size=spec.patch_size)
+    common = dict(read=read, seed=spec.seed, size=spec.patch_size, exclude=exclude, near_gaps=True, reach=spec.reach,
+                  holdout=spec.holdout, gap_templates=templates, template_weights=counts, windows=windows)
+    return (PortionDataset(volumes, spec.portions_per_volume, stream=0, held_out=False, **common),
+            PortionDataset(volumes, spec.val_portions_per_volume, stream=1, held_out=True, **common))
+
+
+def target_windows(mask: np.ndarray, *, patch: int, stride: int) -> np.ndarray:
+    """The windows that will inpaint the target's gaps (:func:`rayproc.bcdi.inpaint.plan_windows`)."""
+    if not mask.any():
+        raise InputError("the target has no missing voxel to learn from: give --gap or --mask.")
+    return plan_windows(mask, stride=stride, patch=patch)
+
+
+class TargetReader:
+    """``read(ref)``: a target volume from any input ``rayproc bcdi inpaint`` reads, cached per process.
+
+    A zarr store (``intensity`` (z, y, x), or one ``sample`` of (sample, z, y, x)), a TIFF
+    folder, a (multi-page) TIFF, ``.npy``/``.npz`` or ``file.h5:/dataset``
+    (:func:`rayproc.storage.inputs.open_input`), as a read-only float32 array.
+    """
+
+    def __init__(self, storage_options: dict | None = None, cache: ArrayCache | None = None):
+        self.storage_options = dict(storage_options or {})
+        self.cache = cache if cache is not None else ArrayCache()
+
+    def __call__(self, ref: VolumeRef) -> np.ndarray:
+        return self.cache.get((ref.url, ref.sample), lambda: read_target(ref, self.storage_options))
+
+
+def read_target(ref: VolumeRef, storage_options: dict | None = None) -> np.ndarray:
+    """The (z, y, x) volume of ``ref`` from any input (see :class:`TargetReader`)."""
+    array = open_input(ref.url, ("intensity",), storage_options=storage_options)
+    values = array[ref.sample] if ref.sample is not None else array.values()
+    volume = np.ascontiguousarray(values, dtype=np.float32)
+    volume.flags.writeable = False
+    return volume
+
+
+def target_volume(source: str, storage_options: dict | None = None) -> VolumeRef:
+    """The one (z, y, x) volume of a fine-tuning target (any input ``rayproc bcdi inpaint`` reads)."""
+    array = open_input(source, ("intensity",), storage_options=storage_options)
+    if array.ndim == 4 and array.location is not None:
+        if array.shape[0] != 1:
+            raise InputError(f"{array.url} holds {array.shape[0]} volumes; fine-tuning needs one target volume.")
+        return VolumeRef(array.url, 0, array.shape[1:])
+    if array.ndim != 3:
+        raise InputError(f"the target must be one 3D volume (z, y, x); got shape {array.shape} from {source}.")
+    return VolumeRef(array.url, None, array.shape)
+
+
 def exclusion_mask(spec: TrainSpec, shape) -> np.ndarray | None:
-    """The real-gap mask of a fine-tuning spec (True on gap voxels), or None."""
+    """The real-gap mask of a fine-tuning spec (True on gap voxels), or None.
+
+    For a target run: every voxel ``rayproc bcdi inpaint`` would fill (its store's ``mask``,
+    the mask file, with its offset for a 2D detector mask, and the gaps).
+    """
+    if spec.target_sampling:
+        from rayproc.pipelines.bcdi.inpaint import target_mask
+
+        ref = VolumeRef.from_dict(spec.volumes[0])
+        return target_mask(ref.url, mask=spec.exclude_mask, gaps=spec.exclude_gaps,
+                           mask_offset=tuple(spec.exclude_mask_offset) or None, sample=ref.sample,
+                           storage_options=spec.storage_options)
     if not spec.exclude_mask and not spec.exclude_gaps:
         return None
     mask = gaps_to_mask(spec.exclude_gaps, shape)
@@ -185,6 +306,32 @@ def _gap_pcc_row(totals: np.ndarray, *, widths: tuple[int, ...]) -> dict:
     return row
 
 
+def target_scores(gap_widths) -> Scores:
+    """Validation scores of a target run: :func:`gap_pcc_scores` plus ``val_pcc_pooled``, the
+    in-gap PCC ([1]_ eq. 1) of all portions' gap voxels together, as the PCC of a whole
+    inpainted volume pools its windows (brightness differences between portions count)."""
+    widths = tuple(int(w) for w in gap_widths)
+    return Scores(2 * len(widths) + 6, functools.partial(_add_target_scores, widths=widths),
+                  functools.partial(_target_row, widths=widths))
+
+
+def _add_target_scores(totals: np.ndarray, pred: torch.Tensor, batch: dict, *, widths: tuple[int, ...]) -> None:
+    _add_gap_pccs(totals[:2 * len(widths)], pred, batch, widths=widths)
+    stats = NormStats(batch["lo"].cpu().numpy(), batch["hi"].cpu().numpy())
+    in_gap = batch["mask"][:, 0].cpu().numpy() > 0.5
+    u = np.log1p(np.maximum(denormalise_portion(pred[:, 0].cpu().numpy(), stats), 0)[in_gap])
+    v = np.log1p(np.maximum(denormalise_portion(batch["target"][:, 0].cpu().numpy(), stats), 0)[in_gap])
+    totals[2 * len(widths):] += [u.size, u.sum(), v.sum(), (u * u).sum(), (v * v).sum(), (u * v).sum()]
+
+
+def _target_row(totals: np.ndarray, *, widths: tuple[int, ...]) -> dict:
+    row = _gap_pcc_row(totals[:2 * len(widths)], widths=widths)
+    n, su, sv, suu, svv, suv = totals[2 * len(widths):]
+    var_u, var_v = suu - su * su / max(n, 1), svv - sv * sv / max(n, 1)
+    pooled = (suv - su * sv / n) / math.sqrt(var_u * var_v) if n and var_u > 0 and var_v > 0 else None
+    return {**row, "val_pcc_pooled": None if pooled is None else float(pooled)}
+
+
 def train_loop(config: dict) -> None:
     """Train on this worker's share of the portions (plain torch; see :class:`TrainSpec`).
 
@@ -200,14 +347,85 @@ def train_loop(config: dict) -> None:
     if spec.init_model:
         model.load_state_dict(resolve_model(spec.init_model, "bcdi")[0].state_dict())
     train_set, val_set = datasets_for(spec)
+    scores = gap_pcc_scores(spec.gap_widths)
+    if spec.target_sampling:  # score the target's own gap widths; keep the best of the base model and the epochs
+        scores = target_scores(sorted(set(val_set.template_widths)))
+        session = KeepBestOfBase(session, model, val_set, scores, batch_size=spec.batch_size, progress=spec.progress)
     run_epochs(spec, session, model, session.device(spec.gpu), train_set, val_set, step=inpainting_step,
-               scores=gap_pcc_scores(spec.gap_widths), rate_key="portions_per_second", summary=_summary)
+               scores=scores, rate_key="portions_per_second", summary=_summary)
+
+
+def _better(row: dict, than: dict) -> bool:
+    """Whether validation ``row`` beats ``than``: higher pooled in-gap PCC (:func:`target_scores`; the
+    loss decides where a PCC is missing). Ties keep ``than``."""
+    if row.get(SELECTED_BY) is not None and than.get(SELECTED_BY) is not None:
+        return row[SELECTED_BY] > than[SELECTED_BY]
+    return row["val_loss"] < than["val_loss"]
+
+
+class KeepBestOfBase:
+    """The session of a target run: the base model (epoch -1) competes with every epoch.
+
+    Wraps the run's session (Ray Train's or the in-process one; everything else is passed on).
+    Before the first epoch, the base model is scored on the held-out portions (all workers take
+    part, as in :func:`rayproc.runtime.epochs.validate`); after each epoch, rank 0 keeps the
+    weights of the best so far (:func:`_better`: held-out in-gap PCC) in the checkpoint under
+    :data:`TARGET_STATE` ``{"base": row, "best_epoch": int, "best": row, "best_model": state
+    dict or None (the base)}``, so a restarted or resumed run continues the same selection.
+    """
+
+    def __init__(self, session, model, val_set, scores: Scores, *, batch_size: int, progress: bool):
+        self.session, self.model, self.val_set, self.scores = session, model, val_set, scores
+        self.batch_size, self.verbose = batch_size, progress
+        self.selection: dict | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    @contextlib.contextmanager
+    def checkpoint(self):
+        with self.session.checkpoint() as folder:
+            if folder is not None:
+                saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+                self.selection = saved.get(TARGET_STATE)
+            if self.selection is None:  # a fresh run: the model still holds the base weights
+                base = {"epoch": -1, **self._validate_base()}
+                self.selection = {"base": base, "best_epoch": -1, "best": base, "best_model": None}
+                if self.verbose and rank_and_world()[0] == 0:
+                    print(f"epoch 0 (base model): held-out val loss {base['val_loss']:.4f}, "
+                          f"in-gap PCC {_pcc_text(base)}", flush=True)
+            yield folder
+
+    def _validate_base(self) -> dict:
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        rank, world = rank_and_world()
+        device = next(self.model.parameters()).device
+        loader = DataLoader(self.val_set, batch_size=self.batch_size,
+                            sampler=DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False))
+        return validate(self.model, loader, Precision(device), inpainting_step, self.scores)
+
+    def report(self, metrics: dict, folder: str | None) -> None:
+        if folder is not None:  # rank 0, with the epoch's checkpoint
+            path = Path(folder) / STATE_FILE
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if _better(metrics, self.selection["best"]):
+                self.selection = {**self.selection, "best_epoch": int(metrics["epoch"]), "best": dict(metrics),
+                                  "best_model": state["model"]}
+            state[TARGET_STATE] = self.selection
+            torch.save(state, path)
+        self.session.report(metrics, folder)
+
+
+def _pcc_text(row: dict) -> str:
+    return "n/a" if row.get(SELECTED_BY) is None else f"{row[SELECTED_BY]:.4f} (pooled)"
 
 
 def _summary(row: dict, epochs: int) -> str:
     widths = " ".join(f"w{k[9:]}={v:.3f}" for k, v in row.items() if k.startswith("val_pcc_w") and v is not None)
+    pooled = "" if row.get(SELECTED_BY) is None else f" (pooled {row[SELECTED_BY]:.4f})"
     return (f"epoch {row['epoch'] + 1}/{epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-            f"in-gap PCC {widths}, {row['portions_per_second']:.1f} portions/s")
+            f"in-gap PCC {widths}{pooled}, {row['portions_per_second']:.1f} portions/s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,9 +468,58 @@ def _run(spec: TrainSpec, *, workers: int, storage: str | None, max_failures: in
 
 def _export(spec: TrainSpec, folder: str | None, resumed: bool, checkpoints: str, *, command: str | None,
             stage: dict) -> TrainReport:
+    if spec.target_sampling:
+        return _export_selected(spec, folder, resumed, checkpoints, command=command, stage=stage)
     return export_best(spec, folder, checkpoints, resumed, model=build_bcdi_net(spec.arch),
                        config=BcdiNetConfig.from_dict(spec.arch), family="bcdi", command=command, stage=stage,
                        normalisation=NORMALISATION, gap_widths=spec.gap_widths, patch_size=spec.patch_size)
+
+
+def _export_selected(spec: TrainSpec, folder: str | None, resumed: bool, checkpoints: str, *,
+                     command: str | None, stage: dict) -> TrainReport:
+    """Save a target run's selection (:class:`KeepBestOfBase`): the best epoch, or the base weights."""
+    from rayproc.errors import RayprocError
+
+    if folder is None:
+        raise RayprocError(f"no checkpoint found in {checkpoints}.")
+    saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    history, selection = list(saved["history"]), saved[TARGET_STATE]
+    model = build_bcdi_net(spec.arch)
+    if selection["best_model"] is None:
+        model.load_state_dict(resolve_model(spec.init_model, "bcdi")[0].state_dict())
+    else:
+        model.load_state_dict(selection["best_model"])
+    base, best = selection["base"], selection["best"]
+    kept = "base model" if selection["best_epoch"] < 0 else f"epoch {selection['best_epoch'] + 1}"
+    metrics = {"best_epoch": selection["best_epoch"], "epochs": len(history), "best": best, "final": history[-1],
+               "base": base, "kept": kept,
+               "selected_by": f"held-out {SELECTED_BY}: in-gap PCC pooled over the held-out portions (the base "
+                              "model is epoch 0)"}
+    save_model(spec.out, model, BcdiNetConfig.from_dict(spec.arch), family="bcdi", metrics=metrics,
+               provenance=_provenance(spec, command, stage, checkpoints), normalisation=NORMALISATION,
+               gap_widths=spec.gap_widths, patch_size=spec.patch_size)
+    return TrainReport(spec.out, len(history), selection["best_epoch"], best, resumed, checkpoints, history)
+
+
+def _provenance(spec: TrainSpec, command: str | None, stage: dict, checkpoints: str) -> dict:
+    parameters = {k: v for k, v in spec.to_dict().items() if k not in _NOT_PROVENANCE}
+    return {**provenance(command or command_line(), redacted(parameters), seed=spec.seed), **stage,
+            "checkpoints": checkpoints}
+
+
+def finished_run(spec: TrainSpec) -> TrainReport | None:
+    """The report of ``spec.out`` if it already holds the model this spec exports (all epochs done)."""
+    try:
+        info = read_model_info(spec.out)
+    except Exception:  # nothing there yet, or a partial directory: train (or resume)
+        return None
+    parameters = {k: v for k, v in spec.to_dict().items() if k not in _NOT_PROVENANCE}
+    metrics = info.metrics
+    recorded = json.loads(json.dumps(redacted(parameters), default=str))
+    if info.provenance.get("parameters") != recorded or metrics.get("epochs") != spec.epochs:
+        return None
+    return TrainReport(spec.out, spec.epochs, metrics["best_epoch"], metrics["best"], True,
+                       info.provenance.get("checkpoints", ""), [])
 
 
 def train_bcdi(
@@ -374,12 +641,14 @@ def finetune_bcdi(
     *,
     mask: str | None = None,
     gaps=(),
+    mask_offset=None,
     epochs: int = 3,
     portions_per_volume: int = 64,
     batch_size: int = 16,
     lr: float = 1e-4,
     seed: int = 0,
-    val_fraction: float = 0.1,
+    val_fraction: float = 0.25,
+    stride: int = DEFAULT_STRIDE,
     workers: int = 1,
     gpu: bool = False,
     storage: str | None = None,
@@ -390,40 +659,58 @@ def finetune_bcdi(
     storage_options: dict | None = None,
     progress: bool = True,
     command: str | None = None,
+    restart: bool = False,
 ) -> TrainReport:
     """Fine-tune a model on its target volume, away from the target's real gaps ([1]_, Section 5).
 
-    Portions are drawn only where they touch no real gap (``mask`` file, nonzero = gap, and/or
-    ``gaps`` as ``AXIS:START:WIDTH``); artificial gaps are imposed there and the model learns to
-    fill them, starting from ``model_dir``'s weights with the same architecture, patch size
-    and gap widths. Validation is a separate draw of such portions. The result records
-    ``"stage": "fine-tuned on target"`` and the base model in its provenance.
+    The target is any input ``rayproc bcdi inpaint`` reads (a zarr store, a TIFF folder or
+    file, ``.npy``/``.npz``, ``file.h5:/dataset``); its missing voxels are those inpainting
+    fills (a store's ``mask``, ``mask`` (nonzero = gap; a 2D detector mask with
+    ``mask_offset``), ``gaps`` as ``AXIS:START:WIDTH``). Portions never touch them: they are
+    cut beside the gaps where the target holds counts
+    (:func:`rayproc.bcdi.portions.target_lattice`) and get the target's own gaps, as the
+    inpainting windows at ``stride`` see them (:func:`rayproc.bcdi.portions.gap_templates`).
+    :data:`HOLDOUT` of the candidate positions are held out: ``ceil(val_fraction K)``
+    portions there (at least 16; the same every epoch) score the base model (epoch 0) and every
+    epoch, and the best by held-out in-gap PCC is exported (the base weights when no epoch
+    beats them). The network, portion size and gap widths are the base model's. The result
+    records ``"stage": "fine-tuned on target"``, the base model and the held-out scores
+    (``metrics.json``: ``base``, ``best``, ``kept``).
+
+    ``restart`` discards the checkpoints of an earlier run into ``out`` (``--overwrite``); a
+    rerun of a finished run returns its report without training again.
     """
     # refuse a tampered, unreadable or LabDCT base model here, not in the workers
     info = resolve_model(model_dir, "bcdi")[1].info
-    if mask is None and not gaps:
-        raise InputError("fine-tuning needs the target's gaps: give --mask FILE or --gap AXIS:START:WIDTH.")
     claim_folder(out, inputs=[model_dir, volume, mask], create=False)
     storage_options = dict(storage_options or {})
-    volumes = list_volumes([volume], storage_options)
-    if len(volumes) != 1:
-        raise InputError(f"{volume} holds {len(volumes)} volumes; fine-tuning needs one target volume.")
+    target = target_volume(volume, storage_options)
     spec = TrainSpec(
-        volumes=(volumes[0].to_dict(),),
+        volumes=(target.to_dict(),),
         out=str(Path(out).resolve()),
         arch=dict(info.architecture),
         patch_size=info.patch_size or 32,
         portions_per_volume=portions_per_volume,
-        val_portions_per_volume=max(1, math.ceil(val_fraction * portions_per_volume)),
+        val_portions_per_volume=max(16, math.ceil(val_fraction * portions_per_volume)),
         gap_widths=tuple(info.gap_widths or GAP_WIDTHS),
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, gpu=gpu, cpus_per_worker=cpus_per_worker,
         init_model=str(Path(model_dir).resolve()),
-        exclude_mask=None if mask is None else str(Path(mask).resolve()),
+        exclude_mask=None if mask is None else (str(Path(mask).resolve()) if "://" not in str(mask) else str(mask)),
         exclude_gaps=tuple(gaps),
+        exclude_mask_offset=tuple(int(o) for o in mask_offset) if mask_offset is not None else (),
+        target_sampling=True, template_stride=int(stride),
         storage_options=storage_options, progress=progress,
     )
+    exclude = exclusion_mask(spec, target.shape)  # bad masks and gaps fail here, before any training
+    check_known_counts(TargetReader(storage_options)(target), exclude)
     for dataset in datasets_for(spec):
         dataset.plan(0)  # enough portions away from the gaps? (raises a clear error here if not)
+    if restart:
+        _discard_run(spec, storage)
+    else:
+        done = finished_run(spec)
+        if done is not None:
+            return done
     stage = {"stage": "fine-tuned on target",
              "base_model": {"path": str(Path(model_dir).resolve()), "sha256": info.sha256,
                             "provenance": info.provenance}}
@@ -431,14 +718,36 @@ def finetune_bcdi(
                 command=command, stage=stage)
 
 
+def _discard_run(spec: TrainSpec, storage: str | None) -> None:
+    """Remove the checkpoints of an earlier run into ``spec.out`` (a rayproc model folder)."""
+    from rayproc.runtime.training import run_name
+    from rayproc.storage import filesystem, resolve
+
+    root = resolve(storage or str(Path(spec.out) / "checkpoints"), spec.storage_options)
+    fs, path = filesystem(root.child(run_name(spec.out)))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 __all__ = [
     "DEFAULT_LR",
     "GAP_WIDTHS",
+    "HOLDOUT",
+    "KeepBestOfBase",
+    "TARGET_STATE",
+    "TargetReader",
     "NORMALISATION",
     "TrainSpec",
     "datasets_for",
+    "SELECTED_BY",
     "exclusion_mask",
+    "target_scores",
     "finetune_bcdi",
+    "finished_run",
+    "read_target",
+    "target_datasets",
+    "target_windows",
+    "target_volume",
     "gap_pcc_scores",
     "inpainting_step",
     "plot_history",

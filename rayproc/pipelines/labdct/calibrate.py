@@ -22,7 +22,7 @@ import numpy as np
 from rayproc.errors import InputError
 from rayproc.labdct.calibration import DETECTION_K, bin_frames, detected_spot_snr, match_spot_gain
 from rayproc.labdct.synthesis import synthesize_input
-from rayproc.pipelines.labdct.background import beamstop_mask, read_frames
+from rayproc.pipelines.labdct.stack import beamstop_mask, read_frames
 from rayproc.pipelines.labdct.synth import background_frames
 from rayproc.storage import open_dataset, resolve
 

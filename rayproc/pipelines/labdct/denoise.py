@@ -9,11 +9,12 @@ and torch thread count); whole frames also keep the per-frame normalisation (the
 median) exact without a halo. An actor holds one slab: ``frames_per_task`` frames in and out.
 Each slab leaves a done marker: a rerun of the same command computes only the missing ones.
 
-Inputs (:func:`rayproc.pipelines.labdct.background.open_frames`): a zarr store with frames
-(omega, y, x) in the first of :data:`rayproc.pipelines.labdct.background.FRAME_VARIABLES` it
+Inputs (:func:`rayproc.pipelines.labdct.stack.open_frames`): a zarr store with frames
+(omega, det_y, det_z) in the first of :data:`rayproc.pipelines.labdct.stack.FRAME_VARIABLES` it
 holds (``projection`` of ``rayproc labdct simulate``, ``input`` of ``labdct synth``,
 ``intensity`` of ``rayproc ingest``), local or ``s3://``, or anything
-:func:`rayproc.storage.readers.read_volume` reads (a TIFF folder in name order, a stack file).
+:func:`rayproc.storage.readers.read_volume` reads (a TIFF folder in name order, a stack file,
+one frame), named ``(frame, det_y, det_z)``.
 Everything is checked before the output store is created; the store, the actors and resuming
 are :class:`rayproc.pipelines._stage.ResumableStage`'s.
 """
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rayproc.errors import InputError
 from rayproc.labdct.denoise import (
     DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_OVERLAP, DEFAULT_TILE, FAMILY, denoise_frames, normalise_frames,
     plan_tiles,
@@ -33,15 +33,12 @@ from rayproc.labdct.denoise import (
 from rayproc.models.artifact import resolve_model
 from rayproc.options import check_counts, look_up_option
 from rayproc.pipelines._stage import Actors, ResumableStage, SharedObjects, output_attrs
-from rayproc.pipelines.labdct.background import check_stack, open_frames
+from rayproc.pipelines.labdct.stack import check_stack, open_frames, stack_dims_and_coords
 from rayproc.pipelines.labdct.segment import spot_scale
 from rayproc.stitching import BLEND_MODES
 from rayproc.storage import ArraySpec, Location, write_task
-from rayproc.storage.inputs import PIXEL_COORDS
 
 DEFAULT_FRAMES_PER_TASK = 4
-# Dims of frames read from a file, and the attrs of their index coordinates.
-FILE_COORDS = {"omega": {"units": "frame", "long_name": "frame (file order)"}, **PIXEL_COORDS}
 
 
 @dataclass(frozen=True)
@@ -113,7 +110,7 @@ def denoise_labdct(
     Parameters
     ----------
     source : str
-        Frames (omega, y, x): a zarr store (path or ``s3://``) or a TIFF folder / stack file.
+        Frames (omega, det_y, det_z): a zarr store (path or ``s3://``) or a TIFF folder / stack file.
     out : str
         Output zarr store: ``denoised`` float32 (spot probability in [0, 1]) with the input's
         dims and coords, and provenance.
@@ -148,11 +145,9 @@ def denoise_labdct(
     stage = ResumableStage.claim(out, [source], storage_options=storage_options, overwrite=overwrite)
     network, resolved = resolve_model(model, FAMILY, device="cpu")
     scale = spot_scale(resolved)
-    data = open_frames(source, storage_options=storage_options, file_dims=tuple(FILE_COORDS), file_coords=FILE_COORDS)
+    data = open_frames(source, storage_options=storage_options)
     if data.location is None:  # a file, read whole: a stack of finite frames
         check_stack(data.values(), source)
-    elif data.ndim != 3:
-        raise InputError(f"{data.url}: {data.name} must be (omega, y, x); got dims {data.dims}, shape {data.shape}.")
     count, height, width = data.shape
     plan_tiles((height, width), tile=tile, overlap=overlap, divisor=getattr(getattr(network, "config", None), "divisor", 32))
     starts = range(0, count, int(frames_per_task))
@@ -166,10 +161,11 @@ def denoise_labdct(
     actors = Actors(workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker, address=address, cpus=cpus)
     factory = functools.partial(_SlabDenoiser, stage.location, device=actors.device, threads=actors.threads,
                                 options=options)
+    dims, coords = stack_dims_and_coords(data)
     run = stage.run(
-        {"denoised": ArraySpec(data.dims, (count, height, width), "float32", chunks=(1, height, width),
+        {"denoised": ArraySpec(dims, (count, height, width), "float32", chunks=(1, height, width),
                                attrs={"long_name": "spot probability of the denoising network", "units": "1"})},
-        jobs, factory, network=network, data=data, actors=actors, parameters=parameters, coords=data.dim_coords(),
+        jobs, factory, network=network, data=data, actors=actors, parameters=parameters, coords=coords,
         attrs=output_attrs(data.attrs if data.location is not None else {"source_format": data.source_format},
                            "LabDCT frames denoised by the spot network"),
         command=command, desc="denoising frames", progress=progress, on_start=on_start)

@@ -58,7 +58,7 @@ from rayproc.labdct.evaluation import (
 )
 from rayproc.labdct.spots import label_spots, match_spots
 from rayproc.labdct.standard_routine import residual_noise, standard_routine
-from rayproc.pipelines.labdct.background import beamstop_mask, read_frames
+from rayproc.pipelines.labdct.stack import beamstop_mask, read_frames
 from rayproc.pipelines.labdct.evaluation_report import markdown, plot_panels, plot_profiles, plot_recall
 from rayproc.models.artifact import has_default_model, resolve_model
 from rayproc.pipelines.labdct.segment import dl_segment, spot_scale

@@ -154,17 +154,17 @@ def simulate_labdct(
     ys, xs = geom.px_to_mm(np.arange(ny), np.arange(nx))
     coords = {
         "omega": xr.Variable("omega", geom.omegas_deg, {"units": "deg", "long_name": "rotation angle"}),
-        "y": xr.Variable("y", ys, {"units": "mm", "long_name": "detector y (horizontal, from beam centre)"}),
-        "x": xr.Variable("x", xs, {"units": "mm", "long_name": "detector z (vertical, from beam centre)"}),
+        "det_y": xr.Variable("det_y", ys, {"units": "mm", "long_name": "detector y (horizontal, from beam centre)"}),
+        "det_z": xr.Variable("det_z", xs, {"units": "mm", "long_name": "detector z (vertical, from beam centre)"}),
     }
     frame = (1, ny, nx)
     with ray_session(address, cpus=cpus, workers=workers, actor_cpus=1.0):
         status = create_dataset(
             location,
             {
-                "projection": ArraySpec(("omega", "y", "x"), (n, ny, nx), "float32", chunks=frame,
+                "projection": ArraySpec(("omega", "det_y", "det_z"), (n, ny, nx), "float32", chunks=frame,
                                         attrs={"units": "photons", "long_name": "simulated projection"}),
-                "spot_label": ArraySpec(("omega", "y", "x"), (n, ny, nx), "int32", chunks=frame,
+                "spot_label": ArraySpec(("omega", "det_y", "det_z"), (n, ny, nx), "int32", chunks=frame,
                                         attrs={"long_name": "spot id per pixel (0 = none)"}),
             },
             coords=coords,

@@ -264,17 +264,17 @@ def synthesize_labdct(
     params = {"sim": sim_location.url, "background": background if background == PARAMETRIC else
               resolve(background, storage_options).url, "mode": mode, "tau": tau, "i0": i0,
               "spot_gain": list(gain_range), "seed": seed, "pick": pick, "target": TARGET_PARAMS}
-    coords = {name: source[name].variable for name in ("omega", "y", "x")}
+    coords = {name: source[name].variable for name in ("omega", "det_y", "det_z")}
     frame = (1, ny, nx)
     with ray_session(address, cpus=cpus, workers=workers, actor_cpus=1.0):
         status = create_dataset(
             location,
             {
-                "input": ArraySpec(("omega", "y", "x"), (n, ny, nx), "float32", chunks=frame,
+                "input": ArraySpec(("omega", "det_y", "det_z"), (n, ny, nx), "float32", chunks=frame,
                                    attrs={"units": "counts", "long_name": "synthesised noisy projection"}),
-                "target": ArraySpec(("omega", "y", "x"), (n, ny, nx), "uint8", chunks=frame,
+                "target": ArraySpec(("omega", "det_y", "det_z"), (n, ny, nx), "uint8", chunks=frame,
                                     attrs={"long_name": "LoG segmentation of the noise-free projection (255 = spot)"}),
-                "spot_label": ArraySpec(("omega", "y", "x"), (n, ny, nx), "int32", chunks=frame,
+                "spot_label": ArraySpec(("omega", "det_y", "det_z"), (n, ny, nx), "int32", chunks=frame,
                                         attrs={"long_name": "spot id per pixel (0 = none), from the simulation"}),
             },
             coords=coords,

@@ -63,7 +63,7 @@ NORMALISATION = {
 
 @dataclass(frozen=True)
 class FrameSet:
-    """Frames of one synth store (``input``/``target``, dims (omega, y, x)) used for training."""
+    """Frames of one synth store (``input``/``target``, dims (omega, det_y, det_z)) used for training."""
 
     url: str
     frames: tuple[int, ...]
@@ -101,9 +101,9 @@ def list_frame_sets(urls, storage_options: dict | None = None, *, val_fraction: 
         missing = {"input", "target"} - set(dataset.data_vars)
         if missing:
             raise InputError(f"{location.url} lacks {sorted(missing)}; expected a store from `rayproc labdct synth` "
-                             f"with input and target (omega, y, x); got {sorted(dataset.data_vars)}.")
+                             f"with input and target (omega, det_y, det_z); got {sorted(dataset.data_vars)}.")
         if dataset["input"].ndim != 3 or dataset["input"].shape != dataset["target"].shape:
-            raise InputError(f"{location.url}: input and target must be (omega, y, x) of one shape; got "
+            raise InputError(f"{location.url}: input and target must be (omega, det_y, det_z) of one shape; got "
                              f"{dataset['input'].shape} and {dataset['target'].shape}.")
         count, *shape = dataset["input"].shape
         held = list(range(period // 2, count, period))
@@ -325,7 +325,7 @@ def train_labdct(
     ----------
     data : list of str
         Stores from ``rayproc labdct synth``: ``input`` float32 and ``target`` uint8 (255 on
-        spots), dims (omega, y, x).
+        spots), dims (omega, det_y, det_z).
     out : str
         Model directory (local). It also receives ``metrics.jsonl`` and ``loss_curve.png``.
     workers : int, optional
