@@ -7,7 +7,8 @@ normalisation), :mod:`~rayproc.bcdi.portion_dataset` (seeded training portions);
 :mod:`~rayproc.bcdi.network` (gapnet and the published masto2024 3D U-Net); maths:
 :mod:`~rayproc.bcdi.inpaint` (sliding portions along a gap), :mod:`~rayproc.bcdi.metrics`
 (in-gap PCC, eq. 1 of Masto et al. 2024), :mod:`~rayproc.bcdi.baselines` (interpolation),
-:mod:`~rayproc.bcdi.realspace`. The shells are in :mod:`rayproc.pipelines.bcdi`.
+:mod:`~rayproc.bcdi.realspace`, :mod:`~rayproc.bcdi.statistics` (what a portion looks like: counts,
+oversampling, fringe visibility; simulated vs real). The shells are in :mod:`rayproc.pipelines.bcdi`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ _EXPORTS = {
     ], 'portions'),
     **dict.fromkeys(['PortionDataset', 'PortionPlan'], 'portion_dataset'),
     **dict.fromkeys(['object_from_amplitude', 'phase_std', 'support'], 'realspace'),
+    **dict.fromkeys([
+        'STATISTICS', 'autocorrelation', 'background_level', 'fringe_visibility', 'hot_pixel_mask', 'oversampling',
+        'portion_statistics',
+    ], 'statistics'),
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

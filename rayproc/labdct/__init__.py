@@ -8,7 +8,8 @@ condition), :mod:`~rayproc.labdct.projection` (a projection and its spot table);
 :mod:`~rayproc.labdct.background`, :mod:`~rayproc.labdct.synthesis`,
 :mod:`~rayproc.labdct.calibration`, :mod:`~rayproc.labdct.tiles`; network:
 :mod:`~rayproc.labdct.network`; segmentation and scores: :mod:`~rayproc.labdct.standard_routine`,
-:mod:`~rayproc.labdct.denoise`, :mod:`~rayproc.labdct.spots`, :mod:`~rayproc.labdct.evaluation`.
+:mod:`~rayproc.labdct.denoise`, :mod:`~rayproc.labdct.detector_masks` (hot pixels, beam stop),
+:mod:`~rayproc.labdct.spots`, :mod:`~rayproc.labdct.evaluation`.
 The shells are in :mod:`rayproc.pipelines.labdct`.
 """
 
@@ -48,7 +49,9 @@ _EXPORTS = {
     ], 'polycrystal'),
     **dict.fromkeys(['cylinder_exit_distance', 'simulate_projection'], 'projection'),
     **dict.fromkeys(['tube_spectrum'], 'spectrum'),
-    **dict.fromkeys(['label_spots', 'match_spots', 'pixel_iou', 'recall_by_snr', 'spot_table'], 'spots'),
+    **dict.fromkeys(['label_spots', 'match_spots', 'number_per_frame', 'pixel_iou', 'recall_by_snr', 'spot_table'],
+                    'spots'),
+    **dict.fromkeys(['dark_region_mask', 'hot_pixel_mask', 'persistent_spot_mask', 'sample_frames'], 'detector_masks'),
     **dict.fromkeys([
         'StandardRoutineParams', 'log_spot_labels', 'residual_noise', 'robust_noise', 'rolling_median_subtract',
         'standard_routine', 'tune_standard_routine',
