@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast demo install bench clean
+.PHONY: test test-fast demo install bench clean train-gpu
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,12 @@ bench: $(STAMP)  # each prints ratios measured side by side; together about an h
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
+
+# The BCDI GPU recipe (docs/gpu_recipe.md) on the device machine: no venv there (its torch is
+# preinstalled, rayproc is not installed). Needs gold_crop.npy in the working tree (make it here).
+train-gpu:
+	PYTHONPATH=. $(PYTHON) benchmarks/bcdi_gpu_recipe.py --out $${OUT:?set OUT}/bcdi-gpu --eval-scan gold_crop.npy --check-imports
+
+# The gold scan's 128^3 around its Bragg peak (the device machine cannot see ../shared); never commit it.
+gold_crop.npy: $(STAMP)
+	$(PY) benchmarks/bcdi_gpu_recipe.py --make-crop ../shared/data/bcdi-au-34idc-s54 --eval-scan $@

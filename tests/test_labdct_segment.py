@@ -114,6 +114,20 @@ def test_segment_chains_on_denoise_output_and_single_frames(ray_local, stack_fol
     np.testing.assert_array_equal(ds.spot_label.values, number_per_frame(expected))
     with pytest.raises(Exception, match="raw frames"):
         segment_labdct(denoised, str(tmp_path / "x.zarr"), method="standard", progress=False)
+    # the network on raw frames, in one command: its hot pixels include the raw frames' and the
+    # network's persistent calls; with the masks off, the labels equal the chained run's
+    direct = str(tmp_path / "direct.zarr")
+    segment_labdct(str(folder), direct, method="dl", model=net, threshold=0.5, progress=False,
+                   frames_per_task=2, workers=2)
+    hot = storage.open_dataset(direct).hot_pixel.values.astype(bool)
+    assert all(hot[y, x] for y, x in HOT)
+    plain = [str(tmp_path / name) for name in ("p1.zarr", "p2.zarr")]
+    segment_labdct(str(folder), plain[0], method="dl", model=net, hot_pixels=False, detect_beamstop=False,
+                   progress=False)
+    segment_labdct(denoised, plain[1], hot_pixels=False, progress=False)
+    first, second = (storage.open_dataset(p) for p in plain)
+    np.testing.assert_array_equal(first.spot_label.values, second.spot_label.values)
+    np.testing.assert_array_equal(first.spot_area_px.values, second.spot_area_px.values)
 
     # one 2D frame, named by omega from the geometry's rotation
     np.save(tmp_path / "one.npy", frames[3])

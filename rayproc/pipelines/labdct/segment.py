@@ -171,9 +171,10 @@ class _SlabSegmenter:
             segmented = window[job.start - first:job.stop - first]
         else:
             segmented = np.asarray(self.frames[job.start:job.stop], dtype=np.float32)
-            if self.kind == "dl":
-                segmented = denoise_frames(segmented, self.network, **self.dl_options)
-                writes["denoised"] = ((slice(job.start, job.stop),), segmented)
+            if self.kind == "dl":  # labelled by the driver once the network's defects are known
+                denoised = denoise_frames(segmented, self.network, **self.dl_options)
+                write_task(self.out, job.name, {"denoised": ((slice(job.start, job.stop),), denoised)})
+                return job.name
             segmented = np.where(self.never, 0.0, segmented).astype(np.float32)
             labels = dl_spot_labels(segmented, **self.label_options)
         labels = number_per_frame(labels)
@@ -355,6 +356,10 @@ def segment_labdct(
                                                    "hot_pixel": (whole, hot.astype(np.uint8))})
 
     def gather_table() -> None:
+        if kind == "dl":
+            label_denoised(stage.location, jobs, beamstop=beamstop, hot=hot if hot_pixels else None,
+                           label_options=label_options)
+            return
         tables = task_tables(stage.location, [job.name for job in jobs])
         merged = {key: np.concatenate([tables[job.name][key] for job in jobs]) for key in TABLE_NAMES}
         append_variables(stage.location, table_dataset(merged))
@@ -367,9 +372,45 @@ def segment_labdct(
                     prepare=write_masks, driver_tasks=(MASK_TASK,), finish=gather_table)
     from rayproc.storage import open_dataset
 
-    spots = int(open_dataset(stage.location).sizes.get("spot", 0))
-    return SegmentReport(stage.location.url, method, count, spots, time.perf_counter() - started, run.status,
-                         int(beamstop.sum()), int(hot.sum()))
+    stored = open_dataset(stage.location)
+    return SegmentReport(stage.location.url, method, count, int(stored.sizes.get("spot", 0)),
+                         time.perf_counter() - started, run.status, int(beamstop.sum()),
+                         int(np.asarray(stored.hot_pixel.values).sum()))
+
+
+def label_denoised(location: Location, jobs, *, beamstop: np.ndarray, hot: np.ndarray | None,
+                   label_options: dict) -> None:
+    """Label the ``denoised`` frames of a ``segment --method dl`` store, slab by slab, on the driver.
+
+    What the network calls spot in most frames (:func:`persistent_spot_mask`, from up to 16
+    frames) joins the hot pixels of the raw frames (``hot``; None: masks off), so the labels equal
+    those of segmenting the ``labdct denoise`` store of the same frames. Idempotent: everything is
+    recomputed from the stored probability.
+    """
+    import zarr
+
+    from rayproc.labdct.denoise import dl_spot_labels
+    from rayproc.storage import zarr_store
+
+    group = zarr.open_group(zarr_store(location), mode="r+")
+    denoised = group["denoised"]
+    count = denoised.shape[0]
+    if hot is None:
+        defects = np.zeros(beamstop.shape, bool)
+    else:
+        sample = np.stack([np.asarray(denoised[int(i)]) for i in sample_frames(count)])
+        defects = hot | persistent_spot_mask(sample, threshold=label_options["threshold"])
+        group["hot_pixel"][...] = defects.astype(np.uint8)
+    never = never_mask(beamstop, hot if hot is not None else defects) | defects
+    tables = []
+    for job in jobs:
+        probability = np.where(never, 0.0, np.asarray(denoised[job.start:job.stop])).astype(np.float32)
+        labels = number_per_frame(dl_spot_labels(probability, **label_options))
+        group["spot_label"][job.start:job.stop] = labels
+        table = spot_table(labels, probability)
+        table["frame"] = table["frame"] + job.start
+        tables.append(table)
+    append_variables(location, table_dataset({key: np.concatenate([t[key] for t in tables]) for key in TABLE_NAMES}))
 
 
 def never_mask(beamstop, hot, *, grow_hot: bool = True) -> np.ndarray:
@@ -381,4 +422,4 @@ def never_mask(beamstop, hot, *, grow_hot: bool = True) -> np.ndarray:
     return beamstop | (ndi.binary_dilation(hot, iterations=1) if grow_hot and hot.any() else hot)
 
 __all__ = ["DEFAULT_FRAMES_PER_TASK", "METHODS", "SegmentReport", "dl_segment", "parse_params",
-           "never_mask", "residual_noise_of", "segment_labdct", "spot_scale", "spot_table_dataset", "table_dataset", "task_name"]
+           "label_denoised", "never_mask", "residual_noise_of", "segment_labdct", "spot_scale", "spot_table_dataset", "table_dataset", "task_name"]
