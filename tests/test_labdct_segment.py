@@ -180,3 +180,19 @@ def test_standard_defaults_on_the_real_frames_stay_off_the_beam_stop(ray_local, 
     # the 78,184 spots of the old defaults on 4 frames were ~20 % of all pixels; now a few hundred per frame
     assert 150 < per_frame.mean() < 1500 and (labels > 0).mean() < 0.02
     assert 100 <= ds.hot_pixel.values.sum() <= 1000  # isolated defects, the same in most frames
+
+
+def test_show_draws_a_frame_and_never_overwrites(ray_local, stack_folder, tmp_path, cli_error):
+    from rayproc.cli import main
+
+    folder, _, _ = stack_folder
+    out = str(tmp_path / "seg.zarr")
+    segment_labdct(str(folder), out, method="standard", progress=False)
+    figure = tmp_path / "frame.png"
+    assert main(["labdct", "show", out, str(figure), "--frame", "4", "--frames", str(folder), "--zoom", "20,20,16"]) == 0
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = figure.read_bytes()
+    assert "exists" in cli_error(["labdct", "show", out, str(figure)])
+    assert figure.read_bytes() == before
+    assert "outside the stack" in cli_error(["labdct", "show", out, str(tmp_path / "x.png"), "--frame", "99"])
+    assert "ROW,COL,HALF" in cli_error(["labdct", "show", out, str(tmp_path / "x.png"), "--zoom", "1,2"])

@@ -197,6 +197,35 @@ def segment(
 
 
 @app.command()
+def show(
+    segmented: Annotated[str, typer.Argument(help="A `rayproc labdct segment` store.")],
+    out: Annotated[str, typer.Argument(help="Figure to write (.png; never over an existing file).")],
+    frame: Annotated[int, typer.Option("--frame", min=0, help="Frame index.")] = 0,
+    frames: Annotated[Optional[str], typer.Option("--frames", help="The raw frames, shown beside the spots.")] = None,
+    denoised: Annotated[Optional[str], typer.Option(
+        "--denoised", help="The `labdct denoise` store the spots came from (its probability is shown).")] = None,
+    zoom: Annotated[Optional[str], typer.Option("--zoom", metavar="ROW,COL,HALF", help="Show a region only.")] = None,
+    storage_option: StorageOptions = None,
+):
+    """Draw one frame of a segmented stack: raw frame, spot probability, outlined spots and masks."""
+    from rayproc.errors import InputError
+    from rayproc.pipelines.labdct.show import show_frame
+    from rayproc.storage import parse_storage_options
+
+    region = None
+    if zoom is not None:
+        try:
+            region = tuple(int(v) for v in zoom.split(","))
+        except ValueError:
+            region = ()
+        if len(region) != 3 or region[2] < 1:
+            raise InputError(f"--zoom takes ROW,COL,HALF (three integers, HALF >= 1); got {zoom!r}.")
+    path = show_frame(segmented, out, frame=frame, frames=frames, denoised=denoised, zoom=region,
+                      storage_options=parse_storage_options(storage_option))
+    typer.echo(f"written to {path}")
+
+
+@app.command()
 def evaluate(
     synth_store: Annotated[str, typer.Argument(
         metavar="SYNTH", help="Held-out synthesised store (rayproc labdct synth).")],
