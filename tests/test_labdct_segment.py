@@ -109,6 +109,10 @@ def test_segment_chains_on_denoise_output_and_single_frames(ray_local, stack_fol
     report = segment_labdct(denoised, out, threshold=0.5, progress=False)  # dl, without running the network
     ds, probability = storage.open_dataset(out), storage.open_dataset(denoised).denoised.values
     assert report.method == "dl" and "denoised" not in ds  # nothing recomputed, nothing copied
+    assert ds.spot_label.dims == ("frame", "det_y", "det_z")
+    named = str(tmp_path / "named.zarr")
+    segment_labdct(denoised, named, threshold=0.5, geometry=str(geometry), progress=False)
+    assert storage.open_dataset(named).omega.values.tolist() == [180.0 - 3 * i for i in range(FRAMES)]
     never = ds.hot_pixel.values.astype(bool)
     expected = dl_spot_labels(np.where(never, 0, probability), threshold=0.5)
     np.testing.assert_array_equal(ds.spot_label.values, number_per_frame(expected))

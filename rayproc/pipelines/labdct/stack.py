@@ -132,11 +132,17 @@ def known_rotation(geometry: str | None, count: int) -> np.ndarray | None:
 def stack_dims_and_coords(data: InputArray, *, geometry: str | None = None) -> tuple[tuple, dict]:
     """Dims and index coordinates of an output computed frame by frame from ``data``.
 
-    A store keeps its own; frames from a file are ``(frame, det_y, det_z)``, or
-    ``(omega, det_y, det_z)`` when ``geometry`` gives the rotation.
+    A store keeps its own (a ``frame`` axis becomes ``omega`` when ``geometry`` gives the
+    rotation); frames from a file are ``(frame, det_y, det_z)``, or ``(omega, det_y, det_z)``
+    when ``geometry`` gives the rotation.
     """
     if data.location is not None:
-        return data.dims, data.dim_coords()
+        dims, coords = data.dims, data.dim_coords()
+        omega = known_rotation(geometry, data.shape[0]) if dims[0] == FRAME_DIM else None
+        if omega is None:
+            return dims, coords
+        coords = {d: c for d, c in coords.items() if d != FRAME_DIM}
+        return (OMEGA_DIM, *dims[1:]), {OMEGA_DIM: xr.Variable(OMEGA_DIM, omega, OMEGA_COORD_ATTRS), **coords}
     coords = {d: xr.Variable(d, np.arange(n), DETECTOR_PIXEL_ATTRS[d]) for d, n in zip(DETECTOR_DIMS, data.shape[1:])}
     omega = known_rotation(geometry, data.shape[0])
     if omega is None:
