@@ -77,7 +77,9 @@ def evaluate_bcdi(
     volume: str,
     out: str,
     *,
-    gaps: Sequence[str],
+    gaps: Sequence[str] = (),
+    mask: str | None = None,
+    mask_offset: Sequence[int] | None = None,
     model=None,
     stride: int = DEFAULT_STRIDE,
     blend: str = DEFAULT_BLEND,
@@ -97,6 +99,10 @@ def evaluate_bcdi(
         Local folder for ``metrics.json``, ``metrics.md`` and the figures.
     gaps : sequence of str
         Gaps to impose, ``AXIS:START:WIDTH``.
+    mask, mask_offset : optional
+        A detector mask to impose (nonzero = missing), as ``rayproc bcdi inpaint --mask`` takes
+        it: a 3D mask, or a 2D detector mask applied to every frame, placed at ``mask_offset``
+        (the detector pixel of the volume's first row and column), e.g. a real Maxipix layout.
     model : str, torch.nn.Module or None
         A model directory or a network (:func:`rayproc.models.artifact.resolve_model`); None
         uses the shipped model, or scores the baselines only when none is installed.
@@ -115,13 +121,20 @@ def evaluate_bcdi(
     -------
     EvaluationReport
     """
-    if not gaps:
-        raise InputError("give at least one --gap AXIS:START:WIDTH to impose on the volume.")
+    if not gaps and mask is None:
+        raise InputError("give at least one --gap AXIS:START:WIDTH or a --mask to impose on the volume.")
     require_cuda(device)
-    folder = claim_folder(out, inputs=[volume], create=False)
+    folder = claim_folder(out, inputs=[volume, mask], create=False)
     gaps = [f"{a}:{s}:{w}" for a, s, w in (parse_gap(g) for g in gaps)]
     truth = read_truth(volume, sample=sample, storage_options=storage_options)
-    mask = gaps_to_mask(gaps, truth.shape)
+    mask_file = mask
+    if mask is None:
+        mask = gaps_to_mask(gaps, truth.shape)
+    else:
+        from rayproc.pipelines.bcdi.inpaint import target_mask
+
+        mask = target_mask(volume, mask=mask_file, gaps=gaps, mask_offset=mask_offset, sample=sample,
+                           storage_options=storage_options)
     observed = np.where(mask, np.float32(0), truth)
     network, description = None, None
     if model is not None or has_default_model("bcdi"):
@@ -144,12 +157,18 @@ def evaluate_bcdi(
 
     shown = ["model" if network is not None else "cubic", "linear"]
     make_folder(folder)
-    figures = [_plot_gap(truth, {name: predictions[name] for name in shown}, gap, folder) for gap in gaps]
-    report = EvaluationReport(str(folder), truth.shape, gaps, int(mask.sum()), methods, description,
+    shown_predictions = {name: predictions[name] for name in shown}
+    figures = [_plot_gap(truth, shown_predictions, gap, folder) for gap in gaps]
+    if mask_file is not None:
+        figures.append(_plot_mask(truth, mask, shown_predictions, folder))
+    layout = [*gaps, *([f"mask {mask_file}" + (f" at {tuple(mask_offset)}" if mask_offset else "")]
+                       if mask_file is not None else [])]
+    report = EvaluationReport(str(folder), truth.shape, layout, int(mask.sum()), methods, description,
                               [str(folder / METRICS_JSON), str(folder / METRICS_MD), *map(str, figures)])
     settings = {"volume": str(volume), "sample": sample, "stride": int(stride), "blend": blend}
     record = {**report.to_dict(), **settings,
-              "provenance": provenance(command or command_line(), {**settings, "gaps": gaps, "model": description})}
+              "provenance": provenance(command or command_line(), {**settings, "gaps": gaps, "mask": mask_file,
+                                                                   "mask_offset": mask_offset, "model": description})}
     (folder / METRICS_JSON).write_text(json.dumps(record, indent=2, default=str) + "\n")
     (folder / METRICS_MD).write_text(_markdown(report, settings, [f.name for f in figures]))
     return report
@@ -210,6 +229,35 @@ def _plot_gap(truth: np.ndarray, predictions: dict[str, np.ndarray], gap: str, f
             axes[row, col].set_yticks([])
         figure.colorbar(shown, ax=axes[row, -1], label="log(1 + counts)", shrink=0.8)
     path = folder / f"gap-{axis_name}{start}w{width}.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _plot_mask(truth: np.ndarray, mask: np.ndarray, predictions: dict[str, np.ndarray], folder: Path) -> Path:
+    """The detector frame through the Bragg peak (log1p counts): truth, the masked frame, predictions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peak = np.unravel_index(np.argmax(truth), truth.shape)
+    frame = int(peak[0])
+    columns = {"truth": truth, "masked (input)": np.where(mask, np.nan, truth), **predictions}
+    crop = _around(peak, 0, truth.shape, ZOOM)
+    top = float(np.log1p(truth[frame]).max()) or 1.0
+    figure, axes = plt.subplots(2, len(columns), figsize=(3.2 * len(columns), 6.0), squeeze=False,
+                                constrained_layout=True)
+    for col, (name, values) in enumerate(columns.items()):
+        image = np.log1p(values[frame])
+        for row, view in enumerate((image, image[crop])):
+            shown = axes[row, col].imshow(view, vmin=0, vmax=top, cmap="turbo", origin="lower")
+            axes[row, col].set_title(f"{name}\n{AXIS_NAMES[0]} = {frame}" + (" (zoom on the peak)" if row else ""),
+                                     fontsize=8)
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+    figure.colorbar(shown, ax=axes[:, -1], label="log(1 + counts)", shrink=0.8)
+    path = folder / "mask-frame-through-peak.png"
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
