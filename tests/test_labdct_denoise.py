@@ -293,3 +293,32 @@ def test_job_entrypoint_runs_the_denoise_command():
     result = subprocess.run([sys.executable, str(REPO / "jobs" / "denoise.py"), "--help"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "Denoise frames with the spot network" in result.stdout
+
+
+def test_model_directories_in_object_storage(ray_local, synth_store, s3_bucket, tmp_path):
+    """train --out s3://... stages locally, keeps checkpoints in S3 and uploads; --model s3://... reads it."""
+    import s3fs
+
+    from rayproc.storage.model_dirs import local_model_dir
+
+    bucket, options = s3_bucket
+    out = f"{bucket}/models/tiny"
+    settings = dict(workers=0, widths=TINY.widths, blocks=TINY.blocks, tile=32, tiles_per_epoch=16, val_tiles=8,
+                    batch_size=8, scale=50.0, progress=False, storage_options=options)
+    report = train_labdct([synth_store], out, epochs=1, **settings)
+    assert report.out == out and report.checkpoints.startswith(f"{out}/checkpoints")
+    fs = s3fs.S3FileSystem(endpoint_url=options["endpoint_url"])
+    held = {p.rsplit("/", 1)[-1] for p in fs.ls(out.removeprefix("s3://"))}
+    assert {"model.safetensors", "config.json", "metrics.jsonl", "checkpoints"} <= held
+    again = train_labdct([synth_store], out, epochs=2, **settings)  # resumes from the S3 checkpoints
+    assert again.resumed and again.epochs == 2
+    frames = str(tmp_path / "frames.npy")
+    np.save(frames, _frames(2, (64, 96), 3)[0])
+    den = str(tmp_path / "den.zarr")
+    denoise_labdct(frames, den, model=out, tile=64, overlap=16, progress=False, storage_options=options)
+    local = local_model_dir(out, options)  # a verified local copy of the S3 model directory
+    assert open_dataset(den).attrs["provenance"]["parameters"]["model"]["sha256"] == load_model(local)[1].sha256
+    fs.pipe_file(f"{bucket.removeprefix('s3://')}/other/notes.txt", b"mine")
+    with pytest.raises(InputError, match="did not write"):
+        train_labdct([synth_store], f"{bucket}/other", epochs=1, **settings)
+    assert fs.cat_file(f"{bucket.removeprefix('s3://')}/other/notes.txt") == b"mine"

@@ -358,7 +358,14 @@ def save_checkpoint(location: Location, folder: str, epoch: int, *, keep: int = 
     with_retries(lambda: fs.put(str(folder).rstrip("/") + "/", partial + "/", recursive=True))
     if with_retries(lambda: fs.exists(final)):
         with_retries(lambda: fs.rm(final, recursive=True))
-    with_retries(lambda: fs.mv(partial, final, recursive=True))
+    if location.is_remote:  # no folder rename in object stores: copy file by file, then drop the partial
+        fs.invalidate_cache()
+        for source in with_retries(lambda: fs.find(partial)):
+            target = final + source[len(partial):]
+            with_retries(lambda: fs.copy(source, target))
+        with_retries(lambda: fs.rm(partial, recursive=True))
+    else:
+        with_retries(lambda: fs.mv(partial, final, recursive=True))
     for old in _checkpoints(location)[:-keep]:
         with_retries(lambda: fs.rm(old, recursive=True))
 

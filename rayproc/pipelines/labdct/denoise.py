@@ -37,6 +37,7 @@ from rayproc.pipelines.labdct.stack import check_stack, open_frames, stack_dims_
 from rayproc.pipelines.labdct.segment import spot_scale
 from rayproc.stitching import BLEND_MODES
 from rayproc.storage import ArraySpec, Location, write_task
+from rayproc.storage.model_dirs import local_model_dir
 
 DEFAULT_FRAMES_PER_TASK = 4
 
@@ -143,6 +144,7 @@ def denoise_labdct(
     blend = look_up_option(blend, BLEND_MODES, name="blend")
     check_counts(batch_size=batch_size, frames_per_task=frames_per_task, workers=workers)
     stage = ResumableStage.claim(out, [source], storage_options=storage_options, overwrite=overwrite)
+    model = local_model_dir(model, storage_options)  # an s3:// model directory: a local copy
     network, resolved = resolve_model(model, FAMILY, device="cpu")
     scale = spot_scale(resolved)
     data = open_frames(source, storage_options=storage_options)

@@ -55,6 +55,7 @@ from rayproc.pipelines.labdct.stack import (
 from rayproc.runtime.resources import require_cuda
 from rayproc.storage import ArraySpec, Location, append_variables, task_tables, write_task
 from rayproc.storage.inputs import open_array
+from rayproc.storage.model_dirs import local_model_dir
 
 METHODS = ("dl", "standard")
 DEFAULT_FRAMES_PER_TASK = 4
@@ -295,6 +296,7 @@ def segment_labdct(
     if kind == "dl":
         if gpu:
             require_cuda("cuda")
+        model = local_model_dir(model, storage_options)  # an s3:// model directory: a local copy
         network, resolved = resolve_model(model, FAMILY, device="cpu")
         description = {"model": resolved.describe(), "scale": spot_scale(resolved)}
     started = time.perf_counter()

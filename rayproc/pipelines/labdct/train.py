@@ -51,6 +51,7 @@ from rayproc.runtime.training import (
 )
 from rayproc.storage import open_dataset, resolve, with_retries
 from rayproc.storage.cache import ArrayCache
+from rayproc.storage.model_dirs import model_out
 from rayproc.storage.outputs import claim_folder
 
 DEFAULT_TILE = 128
@@ -291,6 +292,7 @@ def _export(spec: LabdctTrainSpec, folder: str | None, resumed: bool, checkpoint
                        patch_size=spec.tile)
 
 
+@model_out
 def train_labdct(
     data,
     out: str,
