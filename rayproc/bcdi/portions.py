@@ -117,6 +117,318 @@ def portion_origins(
     return np.where((_box_means(lit, jittered, size) > 0)[:, None], jittered, corners)
 
 
+def target_lattice(
+    intensity: np.ndarray,
+    exclude: np.ndarray,
+    *,
+    size: int = 32,
+    reach: float | None = None,
+    step: int | None = None,
+    windows: np.ndarray | None = None,
+    bins: int = 10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where to cut a target's own training portions: beside its gaps, where it holds signal.
+
+    Fine-tuning on the volume to be inpainted ([1]_, Section 5) only helps if the portions look
+    like the ones the gaps will be filled in: measured counts, next to the gap, not the photon
+    noise of the periphery. Candidate origins lie on a lattice of step ``size // 4``; a
+    candidate whose portion touches ``exclude`` (the real gaps) gets weight 0, any other
+
+    .. math:: w = \\bar L \\, \\exp(-d / r),
+
+    with :math:`\\bar L` the portion's mean ``log1p(counts)`` (0 for a portion without counts)
+    and :math:`d` the distance (voxels) from the portion to the nearest excluded voxel, so
+    bright portions right beside the gaps come first and those far away fade out over
+    ``reach``.
+
+    Parameters
+    ----------
+    intensity : ndarray, shape (z, y, x)
+        The target's counts; values on excluded voxels are ignored (NaN allowed there).
+    exclude : ndarray of bool, same shape
+        True on the target's real gaps (and any voxel a portion must not touch).
+    size : int, optional
+        Portion edge.
+    reach : float, optional
+        Decay length :math:`r` of the weight away from the gaps (default ``size``); with no
+        excluded voxel at all, :math:`d = 0` everywhere.
+    step : int, optional
+        Lattice step (default ``max(1, size // 4)``).
+    windows : ndarray of int, shape (K, 3), optional
+        The origins of the windows that will inpaint the gaps. Given, :math:`\\bar L` is
+        replaced by an importance weight that gives the drawn portions the brightness
+        distribution of these windows (the mean ``log1p(counts)`` of a window's measured
+        voxels, in ``bins`` quantile bins; windows brighter or dimmer than every candidate count
+        for the brightest or dimmest ones): as bright, or as dim, as the portions the model
+        will fill, rather than the brightest ones.
+    bins : int, optional
+        Quantile bins of that match.
+
+    Returns
+    -------
+    lattice : ndarray of int, shape (M, 3)
+        Candidate origins.
+    weights : ndarray of float64, shape (M,)
+        Their weights (>= 0, not normalised).
+
+    Raises
+    ------
+    InputError
+        If shapes differ or a portion does not fit in the volume.
+
+    Examples
+    --------
+    >>> counts = np.zeros((40, 40, 40)); counts[:, :, :8] = 9.0
+    >>> gap = np.zeros(counts.shape, bool); gap[:, :, 36:] = True
+    >>> lattice, w = target_lattice(counts, gap, size=16)
+    >>> bool(w[lattice[:, 2] > 20].sum() == 0), bool(w[lattice[:, 2] == 0].min() > 0)
+    (True, True)
+    """
+    from scipy import ndimage
+
+    counts = np.asarray(intensity, dtype=np.float64)
+    exclude = np.asarray(exclude, dtype=bool)
+    if counts.shape != exclude.shape or counts.ndim != 3:
+        raise InputError(f"intensity and exclude must share one (z, y, x) shape; got {counts.shape} and "
+                         f"{exclude.shape} instead.")
+    if any(s < size for s in counts.shape):
+        raise InputError(f"portions of size {size} do not fit in a volume of shape {counts.shape}.")
+    step = max(1, size // 4) if step is None else int(step)
+    reach = float(size if reach is None else reach)
+    n_positions = np.array(counts.shape) - size + 1
+    lattice = np.stack(np.meshgrid(*[np.arange(0, p, step) for p in n_positions], indexing="ij"),
+                       axis=-1).reshape(-1, 3)
+    counts = np.where(exclude | ~np.isfinite(counts), 0.0, np.maximum(counts, 0.0))
+    signal = _box_means(_summed_area(np.log1p(counts)), lattice, size)
+    touching = _box_means(_summed_area(exclude.astype(np.float64)), lattice, size) > 0
+    if exclude.any():
+        to_gap = ndimage.distance_transform_edt(~exclude)  # voxels to the nearest excluded one
+        centre = to_gap[tuple((lattice + size // 2).T)]
+        distance = np.maximum(centre - size / 2, 0.0)
+    else:
+        distance = np.zeros(len(lattice))
+    like = signal if windows is None or not len(windows) else _like_windows(
+        signal, touching, counts, exclude, np.asarray(windows, dtype=np.int64).reshape(-1, 3), size, bins)
+    weights = np.where(touching, 0.0, like * np.exp(-distance / reach))
+    return lattice, weights
+
+
+def _like_windows(signal, touching, counts, exclude, windows, size: int, bins: int) -> np.ndarray:
+    """Importance weights that give the candidates the brightness distribution of the windows.
+
+    The brightness of a window is the mean ``log1p(counts)`` of its measured voxels (its gap
+    voxels are never read); candidates are binned by theirs on the windows' quantiles, and
+    weighted by (windows in the bin) / (candidates in the bin); candidates dimmer or brighter
+    than every window get 0, windows brighter (dimmer) than every candidate count as the
+    brightest (dimmest) candidate. Falls back to ``signal`` when no candidate matches any window.
+    """
+    known = _box_means(_summed_area((~exclude).astype(np.float64)), windows, size)
+    brightness = _box_means(_summed_area(np.log1p(counts)), windows, size) / np.maximum(known, 1e-12)
+    free = ~touching
+    # windows brighter (dimmer) than every candidate count for the brightest (dimmest) candidates
+    brightness = np.clip(brightness, signal[free].min(), signal[free].max()) if free.any() else brightness
+    edges = np.unique(np.quantile(brightness, np.linspace(0.0, 1.0, bins + 1)))
+    if len(edges) < 2:  # all windows alike: one bin around them
+        edges = np.array([edges[0] - 1e-6, edges[0] + 1e-6])
+    window_share = np.histogram(brightness, edges)[0] / len(brightness)
+    candidate_count = np.histogram(signal[free], edges)[0]
+    index = np.clip(np.searchsorted(edges, signal, side="right") - 1, 0, len(edges) - 2)
+    inside = (signal >= edges[0]) & (signal <= edges[-1])
+    ratio = np.where(candidate_count > 0, window_share / np.maximum(candidate_count, 1), 0.0)
+    like = np.where(inside & free, ratio[index], 0.0)
+    return like if np.any(like > 0) else signal
+
+
+def holdout_cells(n: int, fraction: float, rng) -> np.ndarray:
+    """Which of ``n`` candidate positions are held out for validation (a seeded draw).
+
+    Parameters
+    ----------
+    n : int
+        Number of candidates (e.g. :func:`target_lattice`'s).
+    fraction : float
+        Share held out, in [0, 1).
+    rng : numpy.random.Generator or int
+        Random generator, or a seed for one.
+
+    Returns
+    -------
+    held : ndarray of bool, shape (n,)
+        True on the ``round(fraction n)`` held-out candidates.
+
+    Examples
+    --------
+    >>> int(holdout_cells(10, 0.3, 0).sum())
+    3
+    """
+    if not 0.0 <= float(fraction) < 1.0:
+        raise InputError(f"the held-out fraction must lie in [0, 1); got {fraction!r}.")
+    held = np.zeros(int(n), dtype=bool)
+    held[np.random.default_rng(rng).permutation(int(n))[:round(float(fraction) * int(n))]] = True
+    return held
+
+
+def draw_target_origins(lattice, weights, exclude, n: int, rng, *, size: int = 32,
+                        step: int | None = None) -> np.ndarray:
+    """Draw ``n`` portion origins from weighted lattice candidates, jittered within a step.
+
+    Candidates are drawn with probability proportional to ``weights`` (with replacement) and
+    moved by a random jitter of less than one lattice step on each axis, which is undone
+    where the jittered portion would touch ``exclude``.
+
+    Parameters
+    ----------
+    lattice : ndarray of int, shape (M, 3)
+        Candidate origins (:func:`target_lattice`).
+    weights : ndarray, shape (M,)
+        Their weights; at least one must be > 0.
+    exclude : ndarray of bool, shape (z, y, x)
+        Voxels no portion may touch.
+    n : int
+        Number of origins.
+    rng : numpy.random.Generator or int
+        Random generator, or a seed for one.
+    size, step : int, optional
+        Portion edge and lattice step (default ``max(1, size // 4)``).
+
+    Returns
+    -------
+    origins : ndarray of int, shape (n, 3)
+
+    Raises
+    ------
+    InputError
+        If no candidate has a positive weight.
+    """
+    rng = np.random.default_rng(rng)
+    weights = np.asarray(weights, dtype=np.float64)
+    exclude = np.asarray(exclude, dtype=bool)
+    if not np.any(weights > 0):
+        raise InputError(f"found no portions of size {size} that hold counts and do not touch the gaps; "
+                         "check the gap mask (or use a smaller portion).")
+    step = max(1, size // 4) if step is None else int(step)
+    corners = np.asarray(lattice)[rng.choice(len(weights), size=int(n), p=weights / weights.sum())]
+    last = np.array(exclude.shape) - size
+    jittered = np.minimum(corners + rng.integers(0, step, size=corners.shape), last)
+    touching = _box_means(_summed_area(exclude.astype(np.float64)), jittered, size) > 0
+    return np.where(touching[:, None], corners, jittered)
+
+
+def peak_relative_origins(intensity, offsets, n: int, rng, *, size: int = 32, jitter: int = 0) -> np.ndarray:
+    """Portion origins placed relative to a volume's Bragg peak as ``offsets`` say.
+
+    Rehearsing a target's gap geometry on other volumes: with ``offsets`` the target's
+    inpainting windows minus its own peak, portions of another volume sit where those windows
+    would sit around its peak (a gap through the peak stays through the peak, a gap 20 voxels
+    beside it stays beside it), clipped to fit.
+
+    Parameters
+    ----------
+    intensity : ndarray, shape (z, y, x)
+        The volume; its peak is its brightest voxel (NaN ignored).
+    offsets : ndarray of int, shape (K, 3)
+        Origins relative to the peak, drawn uniformly.
+    n : int
+        Number of origins.
+    rng : numpy.random.Generator or int
+        Random generator, or a seed for one.
+    size : int, optional
+        Portion edge.
+    jitter : int, optional
+        A uniform shift in ``[-jitter, jitter]`` per axis.
+
+    Returns
+    -------
+    origins : ndarray of int, shape (n, 3)
+
+    Examples
+    --------
+    >>> volume = np.zeros((40, 40, 40)); volume[20, 20, 20] = 5.0
+    >>> peak_relative_origins(volume, np.array([[-8, -8, -30]]), 1, 0, size=16).tolist()
+    [[12, 12, 0]]
+    """
+    rng = np.random.default_rng(rng)
+    intensity = np.asarray(intensity)
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, intensity.ndim)
+    if not len(offsets) or any(s < size for s in intensity.shape):
+        raise InputError(f"need >= 1 offset and portions of size {size} that fit in {intensity.shape}; got "
+                         f"{len(offsets)} offsets.")
+    peak = np.array(np.unravel_index(int(np.nanargmax(np.nan_to_num(intensity, nan=-np.inf))), intensity.shape))
+    origins = peak + offsets[rng.integers(0, len(offsets), size=int(n))]
+    if jitter:
+        origins = origins + rng.integers(-int(jitter), int(jitter) + 1, size=origins.shape)
+    return np.clip(origins, 0, np.array(intensity.shape) - size)
+
+
+def gap_templates(mask, windows, *, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The target's gaps as its inpainting windows see them: the distinct mask crops, counted.
+
+    Training portions cut by these masks (instead of random lines and crosses) carry gaps of
+    the target's own orientation, width and place in the window: a line where the target has
+    a line, a cross where its gaps cross, the partial planes of windows beside a crossing.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (z, y, x)
+        True on the target's missing voxels.
+    windows : ndarray of int, shape (K, 3)
+        The window origins that will inpaint it (e.g.
+        :func:`rayproc.bcdi.inpaint.plan_windows`).
+    size : int, optional
+        Window edge.
+
+    Returns
+    -------
+    templates : ndarray of bool, shape (T, size, size, size)
+        The distinct crops of ``mask`` at ``windows``, each with a missing voxel, in order of
+        first appearance.
+    counts : ndarray of int, shape (T,)
+        How many windows show each.
+
+    Examples
+    --------
+    >>> mask = np.zeros((8, 8, 12), bool); mask[:, :, 5:7] = True
+    >>> templates, counts = gap_templates(mask, np.array([[0, 0, 2], [0, 0, 2]]), size=8)
+    >>> templates.shape, counts.tolist(), int(templates[0].sum())
+    ((1, 8, 8, 8), [2], 128)
+    """
+    mask = np.asarray(mask, dtype=bool)
+    seen: dict[bytes, int] = {}
+    templates, counts = [], []
+    for origin in np.asarray(windows, dtype=np.int64).reshape(-1, mask.ndim):
+        window = crop(mask, origin, size)
+        if not window.any():
+            continue
+        key = np.packbits(window).tobytes()
+        if key in seen:
+            counts[seen[key]] += 1
+        else:
+            seen[key] = len(templates)
+            templates.append(window.copy())
+            counts.append(1)
+    if not templates:
+        return np.zeros((0,) + (size,) * mask.ndim, bool), np.zeros(0, np.int64)
+    return np.stack(templates), np.array(counts, dtype=np.int64)
+
+
+def template_width(template) -> int:
+    """The width of a gap template: the most wholly missing planes perpendicular to one axis (>= 1).
+
+    A line of width ``w`` gives ``w``; so does a cross of two planes of width ``w``. A mask
+    with no whole missing plane (dead pixels) gives 1.
+
+    Examples
+    --------
+    >>> t = np.zeros((8, 8, 8), bool); t[:, :, 2:5] = True; t[:, 6:, :] = True
+    >>> template_width(t)
+    3
+    """
+    template = np.asarray(template, dtype=bool)
+    full = [int(np.all(template, axis=tuple(a for a in range(template.ndim) if a != axis)).sum())
+            for axis in range(template.ndim)]
+    return max(1, max(full, default=0))
+
+
 def _summed_area(values: np.ndarray) -> np.ndarray:
     """Summed-area table of ``values``, zero-padded in front: ``table[i] = values[:i].sum()``."""
     table = np.pad(values, [(1, 0)] * values.ndim)
@@ -295,7 +607,13 @@ __all__ = [
     "NormStats",
     "crop",
     "denormalise_portion",
+    "draw_target_origins",
+    "gap_templates",
+    "holdout_cells",
+    "peak_relative_origins",
     "normalise_batch",
     "normalise_portion",
     "portion_origins",
+    "target_lattice",
+    "template_width",
 ]

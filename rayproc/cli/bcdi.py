@@ -9,6 +9,10 @@ import typer
 from rayproc.bcdi.inpaint import DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_CHUNK, DEFAULT_STRIDE
 from rayproc.cli._common import Address, Cpus, Overwrite, Progress, StorageOptions, Workers, written_line
 
+# Defaults of --adapt: rayproc.pipelines.bcdi.inpaint.ADAPT_EPOCHS, ADAPT_PORTIONS (not imported here: that module
+# loads torch, and every command would pay for it; tests/test_bcdi_adapt.py checks they agree).
+ADAPT_EPOCHS, ADAPT_PORTIONS = 3, 512
+
 app = typer.Typer(help="BCDI: simulate training data, train and apply the gap-inpainting model.", no_args_is_help=True)
 
 
@@ -52,7 +56,8 @@ def _echo_training(report) -> None:
     best = report.best
     widths = ", ".join(f"w{k[9:]} {v:.3f}" for k, v in best.items() if k.startswith("val_pcc_w") and v is not None)
     resumed = " (resumed from its checkpoints)" if report.resumed else ""
-    typer.echo(f"{report.out}: {report.epochs} epochs{resumed}; best epoch {best['epoch'] + 1}: "
+    which = "0 (the base model: no epoch beat it)" if best["epoch"] < 0 else str(best["epoch"] + 1)
+    typer.echo(f"{report.out}: {report.epochs} epochs{resumed}; best epoch {which}: "
                f"val loss {best['val_loss']:.4f}, in-gap PCC {widths}")
 
 
@@ -102,15 +107,28 @@ def train(
 @app.command()
 def finetune(
     model_dir: Annotated[str, typer.Argument(help="Model directory to start from.")],
-    volume: Annotated[str, typer.Argument(help="Target volume store (from `rayproc ingest`).")],
+    volume: Annotated[str, typer.Argument(
+        help="Target volume: anything `bcdi inpaint` reads (TIFF folder, .tif, .npy/.npz, file.h5:/path, zarr store "
+             "with intensity and optional mask).")],
     out: ModelOut,
-    mask: Annotated[Optional[str], typer.Option("--mask", help="Gap mask of the target (.npy/.tif/.h5, nonzero = gap).")] = None,
+    mask: Annotated[Optional[str], typer.Option("--mask", help="Gap mask of the target (.npy/.tif/.h5 or zarr store "
+                                                               "with mask; nonzero = gap): the volume's shape, or a "
+                                                               "2D detector mask applied to every frame.")] = None,
+    mask_offset: Annotated[Optional[str], typer.Option(
+        "--mask-offset", metavar="ROW,COL",
+        help="Detector pixel of the scan's first row and column, for a 2D detector mask larger than the scan.")] = None,
     gap: Annotated[Optional[list[str]], typer.Option("--gap", help="A gap of the target as AXIS:START:WIDTH (repeatable).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (2-5 suffice).")] = 3,
     portions_per_volume: Annotated[int, typer.Option("--portions-per-volume", "-k", min=1, help="Portions per epoch.")] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
+    lr: Annotated[Optional[float], typer.Option(
+        "--lr", help="Adam learning rate (default: the model architecture's training rate, 1e-3 for gapnet, "
+                     "1e-4 for masto2024).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    stride: Annotated[int, typer.Option(
+        "--stride", min=1,
+        help="Stride the model will inpaint with: the artificial gaps are the target's, as those windows see them.")
+    ] = DEFAULT_STRIDE,
     workers: TrainWorkers = 1,
     gpu: Gpu = False,
     storage: CheckpointStorage = None,
@@ -119,15 +137,16 @@ def finetune(
     storage_option: StorageOptions = None,
     progress: Progress = True,
 ):
-    """Fine-tune a model on its target, on portions away from the target's gaps (artificial gaps there)."""
+    """Fine-tune a model on its target: portions beside the target's gaps, cut by its own gaps; keeps the best
+    of the base model and every epoch on held-out portions."""
     from rayproc.pipelines.bcdi.train import finetune_bcdi
     from rayproc.storage import parse_storage_options
 
     _echo_training(finetune_bcdi(
-        model_dir, volume, out, mask=mask, gaps=tuple(gap or ()), epochs=epochs,
-        portions_per_volume=portions_per_volume, batch_size=batch_size, lr=lr, seed=seed, workers=workers, gpu=gpu,
-        storage=storage, address=address, cpus=cpus, storage_options=parse_storage_options(storage_option),
-        progress=progress))
+        model_dir, volume, out, mask=mask, mask_offset=_pixel_pair(mask_offset, "--mask-offset"),
+        gaps=tuple(gap or ()), epochs=epochs, portions_per_volume=portions_per_volume, batch_size=batch_size, lr=lr,
+        seed=seed, stride=stride, workers=workers, gpu=gpu, storage=storage, address=address, cpus=cpus,
+        storage_options=parse_storage_options(storage_option), progress=progress))
 
 
 @app.command("model-info")
@@ -198,7 +217,22 @@ def inpaint(
     gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per actor.")] = False,
     cpus_per_worker: Annotated[float, typer.Option(
         "--cpus-per-worker", help="Ray CPUs (and torch threads) per actor.")] = 1.0,
-    workers: Workers = 2,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-w", min=0, help="Ray actors working in parallel (and Ray Train workers of --adapt); "
+                                       "0 runs everything in this process without Ray.")] = 2,
+    adapt: Annotated[bool, typer.Option(
+        "--adapt", help="First fine-tune the model on this volume (portions beside its gaps, cut by its own gaps; "
+                        "the base weights are kept unless an epoch beats them on held-out portions), then inpaint "
+                        "with it. Resumable; the model goes to --adapt-out.")] = False,
+    adapt_epochs: Annotated[int, typer.Option("--adapt-epochs", min=1, help="Epochs of --adapt.")] = ADAPT_EPOCHS,
+    adapt_portions: Annotated[int, typer.Option(
+        "--adapt-portions", min=1, help="Training portions per epoch of --adapt.")] = ADAPT_PORTIONS,
+    adapt_lr: Annotated[Optional[float], typer.Option(
+        "--adapt-lr", help="Adam learning rate of --adapt (default: the model architecture's training rate, "
+                           "1e-3 for gapnet, 1e-4 for masto2024).")] = None,
+    adapt_out: Annotated[Optional[str], typer.Option(
+        "--adapt-out", metavar="DIR",
+        help="Model directory of --adapt (default: OUT.adapted-model beside OUT).")] = None,
     cpus: Cpus = None,
     address: Address = None,
     storage_option: StorageOptions = None,
@@ -214,7 +248,14 @@ def inpaint(
                           chunk=chunk, batch_size=batch_size, workers=workers, gpu=gpu,
                           cpus_per_worker=cpus_per_worker, address=address, cpus=cpus,
                           storage_options=parse_storage_options(storage_option), overwrite=overwrite,
-                          progress=progress)
+                          progress=progress, adapt=adapt, adapt_epochs=adapt_epochs, adapt_portions=adapt_portions,
+                          adapt_lr=adapt_lr, adapt_out=adapt_out)
+    if report.adaptation is not None:
+        a = report.adaptation
+        pcc = ("n/a" if a["heldout_pcc_before"] is None or a["heldout_pcc_after"] is None else
+               f"{a['heldout_pcc_before']:.4f} -> {a['heldout_pcc_after']:.4f}")
+        typer.echo(f"{a['model_dir']}: adapted {a['epochs']} epochs, kept the {a['kept']}; held-out in-gap PCC "
+                   f"{pcc} ({a['heldout_portions']} portions)")
     if report.status == "complete":
         typer.echo(f"{report.url}: already complete; nothing to do")
     else:

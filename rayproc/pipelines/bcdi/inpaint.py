@@ -51,8 +51,9 @@ from rayproc.storage import (
 from rayproc.storage.inputs import PIXEL_COORDS, InputArray, open_array, open_input
 from rayproc.storage.outputs import check_apart, claim_folder
 
-# Fine-tuning on the input (--adapt): epochs, portions per epoch, Adam learning rate.
-ADAPT_EPOCHS, ADAPT_PORTIONS, ADAPT_LR = 3, 512, 1e-4
+# Fine-tuning on the input (--adapt): epochs, portions per epoch (the learning rate: the base architecture's,
+# rayproc.pipelines.bcdi.train.DEFAULT_LR).
+ADAPT_EPOCHS, ADAPT_PORTIONS = 3, 512
 ADAPTED_SUFFIX = ".adapted-model"
 
 
@@ -328,7 +329,7 @@ def inpaint_bcdi(
     adapt: bool = False,
     adapt_epochs: int = ADAPT_EPOCHS,
     adapt_portions: int = ADAPT_PORTIONS,
-    adapt_lr: float = ADAPT_LR,
+    adapt_lr: float | None = None,
     adapt_out: str | None = None,
 ) -> InpaintReport:
     """Inpaint the gaps of the volume(s) ``source`` into the zarr store ``out``.
@@ -378,7 +379,8 @@ def inpaint_bcdi(
         Fine-tune the model on ``source`` first (one volume), then inpaint with it (see the
         module docstring); ``overwrite`` restarts the adaptation too.
     adapt_epochs, adapt_portions, adapt_lr
-        Epochs, training portions per epoch and Adam learning rate of the adaptation.
+        Epochs, training portions per epoch and Adam learning rate of the adaptation (default:
+        the base architecture's training rate).
     adapt_out : str, optional
         Model directory of the adaptation (default: :func:`adapted_model_dir`).
 
@@ -390,18 +392,18 @@ def inpaint_bcdi(
     check_counts(stride=stride, chunk=chunk, batch_size=batch_size)
     if workers < 0:
         raise InputError(f"--workers must be >= 0 (0: in this process); got {workers}.")
+    adapt_dir = None
     if adapt:
         check_counts(adapt_epochs=adapt_epochs, adapt_portions=adapt_portions)
-        if not adapt_lr > 0:
+        if adapt_lr is not None and not adapt_lr > 0:
             raise InputError(f"--adapt-lr must be > 0; got {adapt_lr}.")
+        adapt_dir = adapted_model_dir(out, adapt_out, storage_options=storage_options)
     stage = ResumableStage.claim(out, [source, mask], storage_options=storage_options, overwrite=overwrite)
     gaps = [f"{a}:{s}:{w}" for a, s, w in (parse_gap(g) for g in gaps)]
     network, resolved = resolve_model(model, "bcdi", device="cpu")
-    adapt_dir = None
     if adapt:
         if resolved.info is None:
             raise InputError("--adapt needs a model directory (or the shipped model), not a network object.")
-        adapt_dir = adapted_model_dir(out, adapt_out, storage_options=storage_options)
         claim_folder(adapt_dir, inputs=[source, mask, resolved.source], create=False)
     patch = int(resolved.patch_size or PORTION)
     data = _open_volumes(source, storage_options)
@@ -472,7 +474,7 @@ def _adapt(base, source: str, folder: str, *, portions: int, **options):
 
     finetune_bcdi(base.source, source, folder, portions_per_volume=portions, **options)
     network, resolved = resolve_model(folder, "bcdi", device="cpu")
-    metrics = resolved.info.metrics
+    metrics, parameters = resolved.info.metrics, resolved.info.provenance["parameters"]
     before, after = metrics["base"], metrics["best"]
     adaptation = {
         "model_dir": str(Path(folder)),
@@ -480,11 +482,11 @@ def _adapt(base, source: str, folder: str, *, portions: int, **options):
         "base_model": {"source": str(base.source), "sha256": base.sha256},
         "epochs": int(options["epochs"]),
         "portions_per_epoch": int(portions),
-        "lr": float(options["lr"]),
+        "lr": float(parameters["lr"]),
         "best_epoch": int(metrics["best_epoch"]) + 1,  # 0: the base model
         "kept": metrics["kept"],
         "adapted": metrics["best_epoch"] >= 0,
-        "heldout_portions": int(resolved.info.provenance["parameters"]["val_portions_per_volume"]),
+        "heldout_portions": int(parameters["val_portions_per_volume"]),
         "heldout_pcc_before": before.get("val_pcc_pooled"),
         "heldout_pcc_after": after.get("val_pcc_pooled"),
         "heldout_pcc_per_portion_before": before.get("val_pcc"),
@@ -509,5 +511,5 @@ def _output_arrays(intensity: InputArray, chunk: int) -> dict[str, ArraySpec]:
     }
 
 
-__all__ = ["ADAPTED_SUFFIX", "ADAPT_EPOCHS", "ADAPT_LR", "ADAPT_PORTIONS", "DEFAULT_CHUNK", "InpaintReport",
+__all__ = ["ADAPTED_SUFFIX", "ADAPT_EPOCHS", "ADAPT_PORTIONS", "DEFAULT_CHUNK", "InpaintReport",
            "VOLUME_COORDS", "adapted_model_dir", "inpaint_bcdi", "target_mask", "task_name"]
