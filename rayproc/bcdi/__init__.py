@@ -38,7 +38,8 @@ _EXPORTS = {
         'flops_per_portion', 'line_fill', 'pull_push_fill',
     ], 'network'),
     **dict.fromkeys([
-        'NormStats', 'crop', 'denormalise_portion', 'normalise_batch', 'normalise_portion', 'portion_origins',
+        'NormStats', 'bragg_peak_position', 'crop', 'denormalise_portion', 'normalise_batch', 'normalise_portion',
+        'portion_origins',
     ], 'portions'),
     **dict.fromkeys(['PortionDataset', 'PortionPlan'], 'portion_dataset'),
     **dict.fromkeys(['object_from_amplitude', 'phase_std', 'support'], 'realspace'),

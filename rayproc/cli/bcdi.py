@@ -270,6 +270,12 @@ def evaluate(
     volume: Annotated[str, typer.Argument(help="Gap-free volume (file or zarr store with intensity).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Folder for metrics.json, metrics.md and figures.")],
     gap: Gaps = None,
+    mask: Annotated[Optional[str], typer.Option(
+        "--mask", help="A detector mask to impose (nonzero = missing): the volume's shape, or a 2D detector mask "
+                       "applied to every frame (e.g. a real Maxipix layout).")] = None,
+    mask_offset: Annotated[Optional[str], typer.Option(
+        "--mask-offset", metavar="ROW,COL",
+        help="Detector pixel of the volume's first row and column, for a 2D detector mask larger than it.")] = None,
     model: InpaintModel = None,
     stride: Stride = DEFAULT_STRIDE,
     blend: Blend = DEFAULT_BLEND,
@@ -289,7 +295,8 @@ def evaluate(
     from rayproc.pipelines.bcdi.evaluate import evaluate_bcdi
     from rayproc.storage import parse_storage_options
 
-    report = evaluate_bcdi(volume, out, gaps=tuple(gap or ()), model=model, stride=stride, blend=blend,
+    report = evaluate_bcdi(volume, out, gaps=tuple(gap or ()), mask=mask,
+                           mask_offset=_pixel_pair(mask_offset, "--mask-offset"), model=model, stride=stride, blend=blend,
                            batch_size=batch_size, sample=sample, device="cuda" if gpu else "cpu",
                            storage_options=parse_storage_options(storage_option))
     if report.model is None:

@@ -35,6 +35,7 @@ from rayproc.storage import command_line, provenance
 from rayproc.storage.inputs import open_input
 from rayproc.storage.outputs import claim_folder, make_folder
 from rayproc.storage.readers import validate_counts
+from rayproc.storage.model_dirs import local_model_dir
 
 METRICS_JSON, METRICS_MD = "metrics.json", "metrics.md"
 ZOOM = 48  # half-width (voxels) of the slice across a gap shown around the Bragg peak
@@ -138,6 +139,7 @@ def evaluate_bcdi(
     observed = np.where(mask, np.float32(0), truth)
     network, description = None, None
     if model is not None or has_default_model("bcdi"):
+        model = local_model_dir(model, storage_options)  # an s3:// model directory: a local copy
         network, resolved = resolve_model(model, "bcdi", device=device)
         description = resolved.describe()
 

@@ -50,6 +50,7 @@ from rayproc.storage import (
 )
 from rayproc.storage.inputs import PIXEL_COORDS, InputArray, open_array, open_input
 from rayproc.storage.outputs import check_apart, claim_folder
+from rayproc.storage.model_dirs import local_model_dir
 
 # Fine-tuning on the input (--adapt): epochs, portions per epoch (the learning rate: the base architecture's,
 # rayproc.pipelines.bcdi.train.DEFAULT_LR).
@@ -400,6 +401,7 @@ def inpaint_bcdi(
         adapt_dir = adapted_model_dir(out, adapt_out, storage_options=storage_options)
     stage = ResumableStage.claim(out, [source, mask], storage_options=storage_options, overwrite=overwrite)
     gaps = [f"{a}:{s}:{w}" for a, s, w in (parse_gap(g) for g in gaps)]
+    model = local_model_dir(model, storage_options)  # an s3:// model directory: a local copy
     network, resolved = resolve_model(model, "bcdi", device="cpu")
     if adapt:
         if resolved.info is None:

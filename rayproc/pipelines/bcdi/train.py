@@ -66,6 +66,7 @@ from rayproc.runtime.training import (
 from rayproc.storage import command_line, provenance, redacted
 from rayproc.storage.cache import ArrayCache
 from rayproc.storage.inputs import open_input
+from rayproc.storage.model_dirs import model_out
 from rayproc.storage.outputs import claim_folder
 
 GAP_WIDTHS = (3, 6, 9, 12)
@@ -559,6 +560,7 @@ def finished_run(spec: TrainSpec, stage: dict) -> TrainReport | None:
                        info.provenance.get("checkpoints", ""), [])
 
 
+@model_out
 def train_bcdi(
     data,
     out: str,
@@ -671,6 +673,7 @@ def train_bcdi(
                 command=command, stage={"stage": "trained"})
 
 
+@model_out
 def finetune_bcdi(
     model_dir: str,
     volume: str,

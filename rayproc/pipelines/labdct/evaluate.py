@@ -65,6 +65,7 @@ from rayproc.pipelines.labdct.segment import dl_segment, spot_scale
 from rayproc.runtime.resources import require_cuda
 from rayproc.storage import command_line, open_dataset, provenance, resolve
 from rayproc.storage.outputs import claim_folder, make_folder
+from rayproc.storage.model_dirs import local_model_dir
 
 METRICS_JSON, METRICS_MD, PARAMS_JSON = "metrics.json", "metrics.md", "standard_params.json"
 
@@ -177,6 +178,7 @@ def evaluate_labdct(
         snr_table["spot_mean_snr"] = mean_snr(snr_table["spot_snr"], ds["spot_area_px"].values)
     network, scale, description = None, None, None
     if model is not None or has_default_model("labdct"):
+        model = local_model_dir(model, storage_options)  # an s3:// model directory: a local copy
         network, resolved = resolve_model(model, "labdct", device=device)
         scale, description = spot_scale(resolved), resolved.describe()
     label_options = {} if threshold is None else {"threshold": threshold}
