@@ -101,6 +101,18 @@ def readable_metavars(command) -> None:
         if param.metavar is None and param.name:
             flag = getattr(param, "is_flag", False) or getattr(param, "count", False)
             param.metavar = "" if flag else param.name.upper()
+        if param.param_type_name == "argument":  # its name says what it is; no "<str>" type column
+            param.display_type_rich = lambda ctx=None: None
+    original = getattr(command, "get_help_option", None)
+    if original is not None and not getattr(original, "_readable", False):
+        def get_help_option(ctx, original=original):
+            option = original(ctx)
+            if option is not None and option.metavar is None:
+                option.metavar = ""  # a flag: no "<bool>"
+            return option
+
+        get_help_option._readable = True
+        command.get_help_option = get_help_option
     for sub in getattr(command, "commands", {}).values():
         readable_metavars(sub)
 
