@@ -147,6 +147,33 @@ def test_evaluate_writes_tables_and_figures(simulated, tmp_path):
     assert all((tmp_path / "eval" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
 
 
+def test_evaluate_with_a_detector_mask_into_object_storage(simulated, tmp_path, s3_bucket):
+    import s3fs
+
+    from rayproc.errors import InputError
+
+    torch.set_num_threads(1)
+    path, volume = simulated
+    detector = np.zeros((80, 80), np.uint8)
+    detector[38:42, :] = detector[:, 30:34] = 1  # a module cross
+    detector[5, 7] = 1  # a dead pixel
+    np.save(tmp_path / "detector.npy", detector)
+    bucket, options = s3_bucket
+    out = f"{bucket}/reports/eval"
+    report = evaluate_bcdi(str(path), out, mask=str(tmp_path / "detector.npy"), mask_offset=(10, 2),
+                           model=tiny_model(), stride=16, storage_options=options)
+    rows, cols = volume.shape[1:]
+    expected = np.broadcast_to(detector[10:10 + rows, 2:2 + cols].astype(bool), volume.shape)
+    assert report.gap_voxels == expected.sum() and report.out == out
+    fs = s3fs.S3FileSystem(endpoint_url=options["endpoint_url"])
+    held = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(out.removeprefix("s3://")))
+    assert held == [".rayproc-output", "mask-frame-through-peak.png", "metrics.json", "metrics.md"]
+    assert json.loads(fs.cat_file(f"{out}/metrics.json"))["methods"] == report.methods
+    fs.pipe_file(f"{bucket.removeprefix('s3://')}/theirs/a.txt", b"x")
+    with pytest.raises(InputError, match="did not write"):
+        evaluate_bcdi(str(path), f"{bucket}/theirs", gaps=["x:21:6"], model=tiny_model(), storage_options=options)
+
+
 def test_evaluate_cli_one_line_errors(simulated, tmp_path, cli_error):
     path, _ = simulated
     for args, message in ((["--gap", "x:45:6"], "outside"), ([], "--gap")):

@@ -1,4 +1,4 @@
-"""Model directories in object storage (``s3://``): read through a local copy, written through a staging folder.
+"""Model directories and report folders in object storage (``s3://``), through local copies.
 
 A model directory is a handful of small files (:mod:`rayproc.models.artifact`), loaded from a
 local path. A stage given ``--model s3://bucket/models/m`` reads a verified local copy
@@ -121,4 +121,46 @@ def model_out(train: Callable) -> Callable:
     return wrapped
 
 
-__all__ = ["CHECKPOINTS", "MODEL_FILES", "is_remote_dir", "local_model_dir", "model_out", "staged_model_dir"]
+def report_out(make_report: Callable) -> Callable:
+    """Let a function that writes a report folder ``out`` write it to ``s3://`` too.
+
+    The report is written into a local staging folder named after the URL, then every file is
+    uploaded; the returned report's ``out`` (and ``files``) name the remote copies. A remote
+    ``out`` must be empty or hold an earlier rayproc report (its ``.rayproc-output`` marker).
+    """
+    signature = inspect.signature(make_report)
+
+    @functools.wraps(make_report)
+    def wrapped(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        out, options = bound.arguments["out"], bound.arguments.get("storage_options")
+        if not is_remote_dir(out, options):
+            return make_report(*bound.args, **bound.kwargs)
+        location = resolve(out, options)
+        fs, path = filesystem(location)
+        root = path.rstrip("/")
+        if with_retries(lambda: fs.exists(root)) and not with_retries(lambda: fs.exists(f"{root}/.rayproc-output")):
+            raise InputError(f"{location.url} holds files rayproc did not write; give an empty prefix or an "
+                             "earlier rayproc report.")
+        staging = _local_folder("reports", location.url)
+        if staging.exists():  # a report of an earlier run: rayproc's own staging copy
+            for old in staging.rglob("*"):
+                if old.is_file():
+                    old.unlink()
+        bound.arguments["out"] = str(staging)
+        report = make_report(*bound.args, **bound.kwargs)
+        for file in sorted(staging.rglob("*")):
+            if file.is_file():
+                remote = f"{root}/{file.relative_to(staging).as_posix()}"
+                with_retries(lambda: fs.put_file(str(file), remote))
+        changes = {"out": location.url}
+        if hasattr(report, "files"):
+            changes["files"] = [f"{location.url}/{Path(f).relative_to(staging).as_posix()}" for f in report.files]
+        return dataclasses.replace(report, **changes)
+
+    return wrapped
+
+
+__all__ = ["CHECKPOINTS", "MODEL_FILES", "is_remote_dir", "local_model_dir", "model_out", "report_out",
+           "staged_model_dir"]

@@ -35,7 +35,7 @@ from rayproc.storage import command_line, provenance
 from rayproc.storage.inputs import open_input
 from rayproc.storage.outputs import claim_folder, make_folder
 from rayproc.storage.readers import validate_counts
-from rayproc.storage.model_dirs import local_model_dir
+from rayproc.storage.model_dirs import local_model_dir, report_out
 
 METRICS_JSON, METRICS_MD = "metrics.json", "metrics.md"
 ZOOM = 48  # half-width (voxels) of the slice across a gap shown around the Bragg peak
@@ -74,6 +74,7 @@ def score_methods(truth, mask, predictions: dict[str, np.ndarray]) -> dict[str, 
             for name, pred in predictions.items()}
 
 
+@report_out
 def evaluate_bcdi(
     volume: str,
     out: str,

@@ -65,7 +65,7 @@ from rayproc.pipelines.labdct.segment import dl_segment, spot_scale
 from rayproc.runtime.resources import require_cuda
 from rayproc.storage import command_line, open_dataset, provenance, resolve
 from rayproc.storage.outputs import claim_folder, make_folder
-from rayproc.storage.model_dirs import local_model_dir
+from rayproc.storage.model_dirs import local_model_dir, report_out
 
 METRICS_JSON, METRICS_MD, PARAMS_JSON = "metrics.json", "metrics.md", "standard_params.json"
 
@@ -95,6 +95,7 @@ class LabdctEvaluationReport:
                 "real": self.real, "model": self.model, "files": list(self.files)}
 
 
+@report_out
 def evaluate_labdct(
     synth: str,
     out: str,
