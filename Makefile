@@ -22,7 +22,7 @@ install: $(STAMP)
 test: $(STAMP)  # everything: tests/ and the docstring examples of rayproc/ (pyproject.toml)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
 
-test-fast: $(STAMP)  # the pure core and the docstring examples: no Ray, no S3, nothing slow (about 40 s on 2 cores)
+test-fast: $(STAMP)  # the pure core and the docstring examples: no Ray, no S3, nothing slow (about 80 s on 2 cores)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow and not ray and not s3"
 
 demo: $(STAMP)
