@@ -181,3 +181,14 @@ def test_last_line_lists_the_variables_written(tmp_path, capsys):
     assert last.startswith(f"written to {tmp_path / 's.zarr'}: beamstop (det_y: 64, det_z: 64) uint8; "
                            "hot_pixel (det_y: 64, det_z: 64) uint8; spot table of 6 variables (spot: ")
     assert last.endswith("spot_label (frame: 3, det_y: 64, det_z: 64) int32")
+
+
+def test_labdct_report_module_bad_use_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    for module in ("rayproc.pipelines.labdct.report", "rayproc.pipelines.labdct_report"):
+        run = subprocess.run([sys.executable, "-m", module, str(tmp_path / "none.zarr"), str(tmp_path),
+                              str(tmp_path / "f.png")], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "Traceback" not in run.stderr
+        assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "no dataset" in run.stderr

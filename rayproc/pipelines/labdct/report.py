@@ -71,5 +71,28 @@ def realism_figure(sim_url: str, frames_dir: str, out_png: str, *, n_real: int =
             "sim_median_radius_mm": float(np.median(sim_r)), "real_median_radius_mm": float(np.median(real_r))}
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``SIM_STORE FRAMES_DIR OUT.png``: draw the figure, print its numbers as JSON (one-line errors)."""
+    import argparse
+
+    from rayproc.errors import RayprocError
+
+    parser = argparse.ArgumentParser(prog="python -m rayproc.pipelines.labdct.report",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("sim_store", help="a `rayproc labdct simulate` store in the far-field geometry")
+    parser.add_argument("frames_dir", help="the real frames' folder, with its geometry.json")
+    parser.add_argument("out_png", help="the figure to write (never over an existing file)")
+    args = parser.parse_args(argv)
+    try:
+        if Path(args.out_png).exists():
+            raise FileExistsError(f"{args.out_png} exists; rayproc writes a figure only where nothing is.")
+        print(json.dumps(realism_figure(args.sim_store, args.frames_dir, args.out_png), indent=1))
+    except (RayprocError, OSError, ValueError, KeyError) as exc:
+        print(f"rayproc: error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(realism_figure(*sys.argv[1:4]), indent=1))
+    sys.exit(main())
