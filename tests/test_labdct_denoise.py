@@ -19,7 +19,8 @@ from rayproc.labdct.denoise import (
 )
 from rayproc.models.artifact import load_model, save_model
 from rayproc.labdct.network import LabdctNetConfig, build_labdct_net
-from rayproc.pipelines.labdct.denoise import denoise_labdct, task_name
+from rayproc.pipelines._stage import slab_task_name as task_name
+from rayproc.pipelines.labdct.denoise import denoise_labdct
 from rayproc.labdct.tiles import TileDataset, training_pair
 from rayproc.pipelines.labdct.train import FrameReader, list_frame_sets, train_labdct
 from rayproc.runtime.training import read_history

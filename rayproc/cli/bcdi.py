@@ -50,6 +50,10 @@ CheckpointStorage = Annotated[Optional[str], typer.Option(
     "--storage", help="Checkpoint storage (folder or s3:// URL; default MODEL_DIR/checkpoints). "
                       "Rerunning the same command resumes from it.")]
 ModelOut = Annotated[str, typer.Option("--out", "-o", help="Model directory to write.")]
+MaskOffset = Annotated[Optional[str], typer.Option(
+    "--mask-offset", metavar="ROW,COL",
+    help="Detector pixel of the scan's first row and column, for a 2D detector mask larger than the scan "
+         "(a scan cropped from the detector).")]
 
 
 def _echo_training(report) -> None:
@@ -114,9 +118,7 @@ def finetune(
     mask: Annotated[Optional[str], typer.Option("--mask", help="Gap mask of the target (.npy/.tif/.h5 or zarr store "
                                                                "with mask; nonzero = gap): the volume's shape, or a "
                                                                "2D detector mask applied to every frame.")] = None,
-    mask_offset: Annotated[Optional[str], typer.Option(
-        "--mask-offset", metavar="ROW,COL",
-        help="Detector pixel of the scan's first row and column, for a 2D detector mask larger than the scan.")] = None,
+    mask_offset: MaskOffset = None,
     gap: Annotated[Optional[list[str]], typer.Option("--gap", help="A gap of the target as AXIS:START:WIDTH (repeatable).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (2-5 suffice).")] = 3,
     portions_per_volume: Annotated[int, typer.Option("--portions-per-volume", "-k", min=1, help="Portions per epoch.")] = 64,
@@ -203,10 +205,7 @@ def inpaint(
     mask: Annotated[Optional[str], typer.Option("--mask", help="Missing-voxel mask (.npy/.tif/.h5 or zarr store "
                                                                "with mask; nonzero = missing): the volume's shape, "
                                                                "or a 2D detector mask applied to every frame.")] = None,
-    mask_offset: Annotated[Optional[str], typer.Option(
-        "--mask-offset", metavar="ROW,COL",
-        help="Detector pixel of the scan's first row and column, for a 2D detector mask larger than the scan "
-             "(a scan cropped from the detector).")] = None,
+    mask_offset: MaskOffset = None,
     gap: Gaps = None,
     model: InpaintModel = None,
     stride: Stride = DEFAULT_STRIDE,
@@ -273,9 +272,7 @@ def evaluate(
     mask: Annotated[Optional[str], typer.Option(
         "--mask", help="A detector mask to impose (nonzero = missing): the volume's shape, or a 2D detector mask "
                        "applied to every frame (e.g. a real Maxipix layout).")] = None,
-    mask_offset: Annotated[Optional[str], typer.Option(
-        "--mask-offset", metavar="ROW,COL",
-        help="Detector pixel of the volume's first row and column, for a 2D detector mask larger than it.")] = None,
+    mask_offset: MaskOffset = None,
     model: InpaintModel = None,
     stride: Stride = DEFAULT_STRIDE,
     blend: Blend = DEFAULT_BLEND,

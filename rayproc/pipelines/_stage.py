@@ -93,6 +93,27 @@ class SharedObjects:
 
 
 @dataclass(frozen=True)
+class SlabJob:
+    """Frames ``start:stop`` of a stack: the unit of work (and of resuming) of a frame-wise stage."""
+
+    name: str
+    start: int
+    stop: int
+    shared: SharedObjects | None = None
+
+
+def slab_task_name(start: int) -> str:
+    """Done-marker name of the slab starting at frame ``start``."""
+    return f"frames-{start:06d}"
+
+
+def slab_jobs(count: int, frames_per_task: int) -> list[SlabJob]:
+    """Slabs of ``frames_per_task`` whole frames covering a stack of ``count`` frames."""
+    step = int(frames_per_task)
+    return [SlabJob(slab_task_name(start), start, min(start + step, count)) for start in range(0, count, step)]
+
+
+@dataclass(frozen=True)
 class StageResult:
     """``status`` of the store when the run began (``created``, ``resumed`` or ``complete``) and
     what the actors returned for the jobs computed now (none when it was complete)."""
@@ -214,4 +235,5 @@ class ResumableStage:
         return StageResult(status, results)
 
 
-__all__ = ["Actors", "ResumableStage", "SharedObjects", "StageResult", "output_attrs"]
+__all__ = ["Actors", "ResumableStage", "SharedObjects", "SlabJob", "StageResult", "output_attrs", "slab_jobs",
+           "slab_task_name"]

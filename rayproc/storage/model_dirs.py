@@ -38,6 +38,18 @@ def _local_folder(kind: str, url: str) -> Path:
     return Path(tempfile.gettempdir()) / f"rayproc-{kind}" / digest / name
 
 
+def _prefix(location) -> tuple:
+    """The filesystem of ``location`` and its path without a trailing slash."""
+    fs, path = filesystem(location)
+    return fs, path.rstrip("/")
+
+
+def _upload(fs, staging: Path, root: str, files) -> None:
+    """Put each of ``files`` (under ``staging``) at the same relative path under ``root``."""
+    for file in files:
+        with_retries(lambda: fs.put_file(str(file), f"{root}/{file.relative_to(staging).as_posix()}"))
+
+
 def is_remote_dir(path: str | None, storage_options: dict | None = None) -> bool:
     """Whether ``path`` names a remote (object storage) location."""
     return path is not None and not isinstance(path, Path) and "://" in str(path) and \
@@ -49,8 +61,7 @@ def local_model_dir(model, storage_options: dict | None = None):
     if not isinstance(model, str) or not is_remote_dir(model, storage_options):
         return model
     location = resolve(model, storage_options)
-    fs, path = filesystem(location)
-    root = path.rstrip("/")
+    fs, root = _prefix(location)
     if not with_retries(lambda: fs.exists(f"{root}/config.json")):
         raise InputError(f"no model directory at {location.url} (no config.json found).")
     local = _local_folder("models", location.url)
@@ -78,8 +89,7 @@ def staged_model_dir(out: str, storage_options: dict | None = None,
         yield out, storage
         return
     location = resolve(out, storage_options)
-    fs, path = filesystem(location)
-    root = path.rstrip("/")
+    fs, root = _prefix(location)
     if with_retries(lambda: fs.exists(root)):
         held = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in with_retries(lambda: fs.ls(root, detail=False))}
         foreign = sorted(held - set(MODEL_FILES) - {CHECKPOINTS})
@@ -89,9 +99,7 @@ def staged_model_dir(out: str, storage_options: dict | None = None,
     staging = _local_folder("staging", location.url)
     staging.parent.mkdir(parents=True, exist_ok=True)
     yield str(staging), storage or f"{location.url}/{CHECKPOINTS}"
-    for name in MODEL_FILES:
-        if (staging / name).is_file():
-            with_retries(lambda: fs.put_file(str(staging / name), f"{root}/{name}"))
+    _upload(fs, staging, root, [staging / name for name in MODEL_FILES if (staging / name).is_file()])
 
 
 def model_out(train: Callable) -> Callable:
@@ -138,8 +146,7 @@ def report_out(make_report: Callable) -> Callable:
         if not is_remote_dir(out, options):
             return make_report(*bound.args, **bound.kwargs)
         location = resolve(out, options)
-        fs, path = filesystem(location)
-        root = path.rstrip("/")
+        fs, root = _prefix(location)
         if with_retries(lambda: fs.exists(root)) and not with_retries(lambda: fs.exists(f"{root}/.rayproc-output")):
             raise InputError(f"{location.url} holds files rayproc did not write; give an empty prefix or an "
                              "earlier rayproc report.")
@@ -150,10 +157,7 @@ def report_out(make_report: Callable) -> Callable:
                     old.unlink()
         bound.arguments["out"] = str(staging)
         report = make_report(*bound.args, **bound.kwargs)
-        for file in sorted(staging.rglob("*")):
-            if file.is_file():
-                remote = f"{root}/{file.relative_to(staging).as_posix()}"
-                with_retries(lambda: fs.put_file(str(file), remote))
+        _upload(fs, staging, root, [file for file in sorted(staging.rglob("*")) if file.is_file()])
         changes = {"out": location.url}
         if hasattr(report, "files"):
             changes["files"] = [f"{location.url}/{Path(f).relative_to(staging).as_posix()}" for f in report.files]

@@ -32,7 +32,7 @@ from rayproc.labdct.denoise import (
 )
 from rayproc.models.artifact import resolve_model
 from rayproc.options import check_counts, look_up_option
-from rayproc.pipelines._stage import Actors, ResumableStage, SharedObjects, output_attrs
+from rayproc.pipelines._stage import Actors, ResumableStage, SlabJob, output_attrs, slab_jobs
 from rayproc.pipelines.labdct.stack import check_stack, open_frames, stack_dims_and_coords
 from rayproc.pipelines.labdct.segment import spot_scale
 from rayproc.stitching import BLEND_MODES
@@ -53,14 +53,6 @@ class DenoiseReport:
     status: str
 
 
-@dataclass(frozen=True)
-class _SlabJob:
-    name: str
-    start: int
-    stop: int
-    shared: SharedObjects | None = None
-
-
 class _SlabDenoiser:
     """Per-actor stage: fetch the network and the frames once (first slab); denoise and write slabs."""
 
@@ -71,18 +63,13 @@ class _SlabDenoiser:
         self.out, self.device, self.options = out, device, options
         self.network = self.frames = None
 
-    def __call__(self, job: _SlabJob) -> str:
+    def __call__(self, job: SlabJob) -> str:
         if self.network is None:
             self.network, self.frames = job.shared.fetch(self.device)
         slab = np.asarray(self.frames[job.start:job.stop], dtype=np.float32)
         denoised = denoise_frames(slab, self.network, **self.options)
         write_task(self.out, job.name, {"denoised": ((slice(job.start, job.stop),), denoised)})
         return job.name
-
-
-def task_name(start: int) -> str:
-    """Done-marker name of the slab starting at frame ``start``."""
-    return f"frames-{start:06d}"
 
 
 def denoise_labdct(
@@ -152,14 +139,13 @@ def denoise_labdct(
         check_stack(data.values(), source)
     count, height, width = data.shape
     plan_tiles((height, width), tile=tile, overlap=overlap, divisor=getattr(getattr(network, "config", None), "divisor", 32))
-    starts = range(0, count, int(frames_per_task))
-    for start in starts:  # NaN/Inf and frames without a background, before any output exists
-        normalise_frames(data[start:start + int(frames_per_task)], scale=scale)
+    jobs = slab_jobs(count, frames_per_task)
+    for job in jobs:  # NaN/Inf and frames without a background, before any output exists
+        normalise_frames(data[job.start:job.stop], scale=scale)
     options = {"scale": scale, "tile": int(tile), "overlap": int(overlap), "blend": blend, "batch_size": int(batch_size)}
 
     parameters = {"input": data.url, "variable": data.name, "model": resolved.describe(), **options,
                   "frames_per_task": int(frames_per_task)}
-    jobs = [_SlabJob(task_name(s), s, min(s + int(frames_per_task), count)) for s in starts]
     actors = Actors(workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker, address=address, cpus=cpus)
     factory = functools.partial(_SlabDenoiser, stage.location, device=actors.device, threads=actors.threads,
                                 options=options)
@@ -174,4 +160,4 @@ def denoise_labdct(
     return DenoiseReport(stage.location.url, count, len(jobs), run.computed, run.status)
 
 
-__all__ = ["DEFAULT_FRAMES_PER_TASK", "DenoiseReport", "denoise_labdct", "task_name"]
+__all__ = ["DEFAULT_FRAMES_PER_TASK", "DenoiseReport", "denoise_labdct"]

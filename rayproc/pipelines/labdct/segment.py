@@ -48,7 +48,7 @@ from rayproc.labdct.standard_routine import (
 )
 from rayproc.models.artifact import ResolvedModel, resolve_model
 from rayproc.options import check_counts, look_up_option
-from rayproc.pipelines._stage import Actors, ResumableStage, SharedObjects, output_attrs
+from rayproc.pipelines._stage import Actors, ResumableStage, SlabJob, output_attrs, slab_jobs
 from rayproc.pipelines.labdct.stack import (
     DENOISED_VARIABLE, beamstop_mask, check_stack, open_frames, stack_dims_and_coords,
 )
@@ -118,27 +118,12 @@ def dl_segment(frames, network, scale: float, *, beamstop=None, **options) -> tu
     return denoised, dl_spot_labels(denoised, **label_options)
 
 
-def spot_table_dataset(labels: np.ndarray, frames: np.ndarray, *, first_frame: int = 0) -> xr.Dataset:
-    """The spot table of ``labels`` as variables along ``spot`` (see the module notes)."""
-    table = spot_table(labels, frames)
-    table["frame"] = table["frame"] + int(first_frame)
-    return table_dataset(table)
-
-
 def table_dataset(table: dict) -> xr.Dataset:
     """A :func:`rayproc.labdct.spots.spot_table` dict as ``spot_*`` variables along ``spot``."""
     units = {"spot_centroid_y_px": "pixel", "spot_centroid_x_px": "pixel", "spot_area_px": "pixel"}
     return xr.Dataset({TABLE_NAMES[k]: ("spot", np.asarray(v), {"units": units[TABLE_NAMES[k]]}
                                         if TABLE_NAMES[k] in units else {}) for k, v in table.items()},
                       coords={"spot": ("spot", np.arange(len(table["frame"])))})
-
-
-@dataclass(frozen=True)
-class _SlabJob:
-    name: str
-    start: int
-    stop: int
-    shared: SharedObjects | None = None
 
 
 class _SlabSegmenter:
@@ -156,7 +141,7 @@ class _SlabSegmenter:
         self.network = self.frames = None
         self.fetched = False
 
-    def __call__(self, job: _SlabJob) -> str:
+    def __call__(self, job: SlabJob) -> str:
         from rayproc.labdct.denoise import denoise_frames, dl_spot_labels
 
         if not self.fetched:  # the masks come from the output store (written before the actors start)
@@ -184,11 +169,6 @@ class _SlabSegmenter:
         writes["spot_label"] = ((slice(job.start, job.stop),), labels)
         write_task(self.out, job.name, writes, table=table)
         return job.name
-
-
-def task_name(start: int) -> str:
-    """Done-marker name of the slab starting at frame ``start``."""
-    return f"frames-{start:06d}"
 
 
 def _sampled(data, indices) -> np.ndarray:
@@ -289,8 +269,8 @@ def segment_labdct(
     if data.location is None:
         check_stack(data.values(), source)
     else:  # NaN/Inf anywhere, before the output store exists
-        for start in range(0, count, int(frames_per_task)):
-            check_stack(np.asarray(data[start:start + int(frames_per_task)], dtype=np.float32), data.url)
+        for job in slab_jobs(count, frames_per_task):
+            check_stack(np.asarray(data[job.start:job.stop], dtype=np.float32), data.url)
     kind = "denoised" if denoised_input else method
     network, description = None, {}
     if kind == "dl":
@@ -332,8 +312,7 @@ def segment_labdct(
     parameters = {"input": data.url, "variable": data.name, "method": method, "geometry": geometry,
                   "detect_beamstop": detect_beamstop, "hot_pixels": hot_pixels, "frames_per_task": int(frames_per_task),
                   **description}
-    starts = range(0, count, int(frames_per_task))
-    jobs = [_SlabJob(task_name(s), s, min(s + int(frames_per_task), count)) for s in starts]
+    jobs = slab_jobs(count, frames_per_task)
     actors = Actors(workers=workers, gpu=gpu, cpus_per_worker=cpus_per_worker, address=address, cpus=cpus)
     factory = functools.partial(_SlabSegmenter, stage.location, kind=kind, count=count, routine=routine,
                                 halo=halo, dl_options=dl_options, label_options=label_options, device=actors.device,
@@ -424,4 +403,4 @@ def never_mask(beamstop, hot, *, grow_hot: bool = True) -> np.ndarray:
     return beamstop | (ndi.binary_dilation(hot, iterations=1) if grow_hot and hot.any() else hot)
 
 __all__ = ["DEFAULT_FRAMES_PER_TASK", "METHODS", "SegmentReport", "dl_segment", "parse_params",
-           "label_denoised", "never_mask", "residual_noise_of", "segment_labdct", "spot_scale", "spot_table_dataset", "table_dataset", "task_name"]
+           "label_denoised", "never_mask", "residual_noise_of", "segment_labdct", "spot_scale", "table_dataset"]

@@ -98,18 +98,13 @@ def read_frames(source: str, *, storage_options: dict | None = None) -> tuple[np
     return check_stack(frames.values(), source), frames
 
 
-def load_geometry_file(geometry: str):
-    """The :class:`~rayproc.labdct.geometry.LabdctGeometry` of a ``geometry.json`` or preset name."""
-    from rayproc.pipelines.labdct.simulate import load_geometry
-
-    return load_geometry(geometry)
-
-
 def beamstop_mask(geometry: str | None, shape: tuple[int, int]) -> np.ndarray | None:
     """The beam-stop mask ``(H, W)`` of a ``geometry.json`` (or preset), checked against ``shape``."""
     if geometry is None:
         return None
-    geom = load_geometry_file(geometry)
+    from rayproc.pipelines.labdct.simulate import load_geometry
+
+    geom = load_geometry(geometry)
     if tuple(geom.detector_shape) != tuple(shape):
         raise InputError(f"geometry {geometry} describes a {geom.detector_shape} detector; "
                          f"the frames are {tuple(shape)}.")
@@ -153,6 +148,6 @@ def stack_dims_and_coords(data: InputArray, *, geometry: str | None = None) -> t
 
 __all__ = [
     "DENOISED_VARIABLE", "DETECTOR_DIMS", "DETECTOR_PIXEL_ATTRS", "FILE_COORDS", "FILE_FRAME_DIMS", "FRAME_DIM",
-    "FRAME_VARIABLES", "OMEGA_DIM", "beamstop_mask", "check_stack", "known_rotation", "load_geometry_file",
+    "FRAME_VARIABLES", "OMEGA_DIM", "beamstop_mask", "check_stack", "known_rotation",
     "open_frames", "read_frames", "stack_dims_and_coords",
 ]
