@@ -119,7 +119,9 @@ def readable_metavars(command) -> None:
 
 def _raise_interrupted_on_ctrl_c() -> None:
     """Ctrl-C raises :class:`rayproc.errors.Interrupted` (which click passes through to main)."""
+    import _thread
     import signal
+    import sys
     import threading
 
     from rayproc.errors import Interrupted
@@ -127,9 +129,18 @@ def _raise_interrupted_on_ctrl_c() -> None:
     def handler(signum, frame):
         raise Interrupted()
 
+    def unraisable(args, previous=sys.unraisablehook):
+        # Ctrl-C that landed in a weakref callback or __del__ is swallowed there ("Exception
+        # ignored in ..."): raise it again in the main thread, at the next bytecode.
+        if isinstance(args.exc_value, Interrupted):
+            _thread.interrupt_main(signal.SIGINT)
+        else:
+            previous(args)
+
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, handler)
+        sys.unraisablehook = unraisable
 
 
 def _first_line(exc: BaseException) -> str:
