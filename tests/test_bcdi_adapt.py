@@ -237,7 +237,8 @@ def test_ctrl_c_during_adaptation_then_rerun_resumes(files, tmp_path):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pattern = str(out) + ADAPTED_SUFFIX + "/checkpoints/*/checkpoint_000000"
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not glob.glob(pattern):
+    while time.time() < deadline and proc.poll() is None and not (
+            glob.glob(pattern) and read_history(str(out) + ADAPTED_SUFFIX)):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)

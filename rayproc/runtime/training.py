@@ -189,6 +189,7 @@ def export_best(spec, folder: str | None, checkpoints: str, resumed: bool, *, mo
         raise RayprocError(f"no checkpoint found in {checkpoints}.")
     saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     history = list(saved["history"])
+    sync_history(spec.out, history)
     best = min(history, key=lambda r: r["val_loss"])
     model.load_state_dict(saved["best_model"])
     parameters = {k: v for k, v in spec.to_dict().items() if k not in _NOT_PROVENANCE}
@@ -296,9 +297,11 @@ class InProcessSession:
             yield folder
 
     def report(self, metrics: dict, folder: str | None) -> None:
+        # the log first: an interrupt between the two leaves a row that the resumed epoch rewrites,
+        # never a checkpointed epoch missing from the log
+        self.record(self.spec.out, metrics)
         if folder is not None and self.location is not None:
             save_checkpoint(self.location, folder, metrics["epoch"])
-        self.record(self.spec.out, metrics)
 
     def progress(self, total: int, desc: str):
         from tqdm.auto import tqdm
@@ -412,6 +415,18 @@ def read_history(out: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def sync_history(out: str | Path, rows: list[dict]) -> None:
+    """Make ``metrics.jsonl`` hold exactly the checkpoint's ``rows`` (a run stopped between a
+    checkpoint and its log line, e.g. under Ray Train, would otherwise miss that epoch)."""
+    path = Path(out) / METRICS_LOG
+    if [r.get("epoch") for r in read_history(out)] == [r["epoch"] for r in rows]:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{METRICS_LOG}.tmp")
+    temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    temporary.replace(path)
 
 
 def write_epoch(out: str | Path, row: dict, plot: Callable[[list[dict], Path], None]) -> None:
@@ -533,6 +548,6 @@ def fit(
 __all__ = [
     "LOSS_CURVE", "METRICS_LOG", "RESUMABLE_CHANGES", "RUN_FILE", "BaseTrainSpec", "InProcessSession", "RayTrainSession",
     "TrainReport", "check_resources", "claim_run", "export_best", "fit", "latest_checkpoint", "local_checkpoint",
-    "plot_curves", "ray_storage", "read_history", "run_name", "run_training", "save_checkpoint", "session_for",
+    "plot_curves", "ray_storage", "read_history", "run_name", "run_training", "save_checkpoint", "session_for", "sync_history",
     "start_run", "worker_resources", "write_epoch",
 ]
