@@ -52,6 +52,7 @@ from rayproc.labdct.geometry import LabdctGeometry
 
 _FRAME_GAP = 10.0  # separates frames in the (g, frame) search tree: |g1 - g2| <= 2
 _FRAME_GAP_PX = 1e5  # same in the (y, z, frame) pixel tree
+_PRESELECT = 16  # hypotheses of a seed scored in every frame
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class IndexingParams:
     min_completeness: float = 0.5
     min_predicted: int = 10
     seeds_per_round: int = 32
-    candidates_per_seed: int = 2
+    candidates_per_seed: int = 3
     patience: int = 2
     max_rounds: int = 1000
 
@@ -307,6 +308,13 @@ def predict_spots(orientations, positions, omegas_deg, geometry: LabdctGeometry,
     }
 
 
+def _predict_at_axis(orientations, spots: MeasuredSpots, geometry, g_crystal, frames) -> dict:
+    """:func:`predict_spots` for grains at the rotation axis in some frames (``frame`` = stack index)."""
+    pred = predict_spots(orientations, np.zeros((len(orientations), 3)), spots.omegas_deg[frames], geometry, g_crystal)
+    pred["frame"] = frames[pred["frame"]]
+    return pred
+
+
 def _chord(angle_deg: float) -> float:
     return 2 * np.sin(np.radians(angle_deg) / 2)
 
@@ -408,7 +416,7 @@ def pair_orientations(seed: int, spots: MeasuredSpots, available, g_crystal, fam
 
 
 def score_orientations(orientations, spots: MeasuredSpots, tree, geometry: LabdctGeometry, g_crystal, *,
-                       angle_tol_deg: float = 0.5, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                       angle_tol_deg: float = 0.5, frames=None, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and matched spot counts of orientations for a grain at the rotation axis.
 
     A predicted spot matches when an available measured spot of its frame has a scattering
@@ -422,17 +430,20 @@ def score_orientations(orientations, spots: MeasuredSpots, tree, geometry: Labdc
         :func:`g_tree` of the available spots.
     geometry, g_crystal :
         As for :func:`predict_spots`.
+    frames : array_like of int, optional
+        Score in these frames only (default all).
 
     Returns
     -------
     predicted, matched : ndarray of int, shape (K,)
     """
+    frames = np.arange(len(spots.omegas_deg)) if frames is None else np.asarray(frames, np.int64)
     u = np.asarray(orientations).reshape(-1, 3, 3)
     predicted, matched = np.zeros(len(u), np.int64), np.zeros(len(u), np.int64)
     search, _ = tree
     for start in range(0, len(u), chunk):
         part = u[start:start + chunk]
-        pred = predict_spots(part, np.zeros((len(part), 3)), spots.omegas_deg, geometry, g_crystal)
+        pred = _predict_at_axis(part, spots, geometry, g_crystal, frames)
         predicted[start:start + len(part)] = np.bincount(pred["grain"], minlength=len(part))
         if search.n == 0 or len(pred["grain"]) == 0:
             continue
@@ -440,6 +451,34 @@ def score_orientations(orientations, spots: MeasuredSpots, tree, geometry: Labdc
         dist, _ = search.query(points, distance_upper_bound=_chord(angle_tol_deg))
         matched[start:start + len(part)] = np.bincount(pred["grain"][np.isfinite(dist)], minlength=len(part))
     return predicted, matched
+
+
+def align_orientations(orientations, spots: MeasuredSpots, tree, geometry: LabdctGeometry, g_crystal, *,
+                       tolerances_deg=(1.0, 0.5), frames=None) -> np.ndarray:
+    """Re-fit orientations to the scattering vectors they match (grain at the axis), (K, 3, 3).
+
+    For each tolerance, the predicted spots are matched by angle (as in
+    :func:`score_orientations`) and U is the rotation best taking the matched crystal vectors
+    to the measured sample-frame ones (Kabsch: SVD of their correlation matrix).
+    """
+    u = np.array(orientations, np.float64).reshape(-1, 3, 3)
+    frames = np.arange(len(spots.omegas_deg)) if frames is None else np.asarray(frames, np.int64)
+    g_c = np.asarray(g_crystal, np.float64)
+    g_c = g_c / np.linalg.norm(g_c, axis=1, keepdims=True)
+    rot = rotations_z(spots.omegas_deg)
+    for tol in tolerances_deg:
+        pred = _predict_at_axis(u, spots, geometry, g_crystal, frames)
+        hit, target = _match_angle(pred, tree, tol)
+        measured = np.einsum("nji,nj->ni", rot[spots.frame[target]], spots.g_lab[target])  # R^T g
+        grain = pred["grain"][hit]
+        corr = np.zeros((len(u), 3, 3))
+        np.add.at(corr, grain, measured[:, :, None] * g_c[pred["reflection"][hit]][:, None, :])
+        w, _, vt = np.linalg.svd(corr)
+        sign = np.sign(np.linalg.det(w @ vt))
+        fitted = w @ (np.eye(3)[None] * np.stack([np.ones_like(sign), np.ones_like(sign), sign], -1)[:, None, :]) @ vt
+        enough = np.bincount(grain, minlength=len(u)) >= 3
+        u[enough] = fitted[enough]
+    return u
 
 
 def _match(pred: dict, tree, tol_px: float) -> tuple[np.ndarray, np.ndarray]:
@@ -542,17 +581,27 @@ def search_seed(seed: int, spots: MeasuredSpots, available, geometry: LabdctGeom
     hyps = pair_orientations(seed, spots, available, g_crystal, families, angle_tol_deg=params.angle_tol_deg)
     if len(hyps) == 0:
         return None
+    # hypotheses are off by up to ~1 deg: fit each to the spots it matches in the frames next to
+    # the seed's, keep the best, fit those in every frame and refine the most complete
+    near = np.arange(max(spots.frame[seed] - 4, 0), min(spots.frame[seed] + 5, len(spots.omegas_deg)))
+    hyps = align_orientations(hyps, spots, trees[0], geometry, g_crystal, frames=near)
+    _, matched = score_orientations(hyps, spots, trees[0], geometry, g_crystal, angle_tol_deg=params.angle_tol_deg,
+                                    frames=near)
+    hyps = hyps[np.argsort(-matched, kind="stable")[:_PRESELECT]]
+    hyps = align_orientations(hyps, spots, trees[0], geometry, g_crystal, tolerances_deg=(params.angle_tol_deg,))
     predicted, matched = score_orientations(hyps, spots, trees[0], geometry, g_crystal,
                                             angle_tol_deg=params.angle_tol_deg)
     completeness = matched / np.maximum(predicted, 1)
     ok = (predicted >= params.min_predicted) & (completeness >= 0.5 * params.min_completeness)
-    order = np.lexsort((-completeness, -matched))  # most matches first, then completeness
+    order = np.lexsort((-matched, -completeness))  # most complete first
     best = None
     for k in order[ok[order]][: params.candidates_per_seed]:
         grain = refine_grain(hyps[k], np.zeros(3), spots, available, geometry, g_crystal,
                              angle_tol_deg=params.angle_tol_deg, match_px=params.match_px, trees=trees)
         if best is None or len(grain["spots"]) > len(best["spots"]):
             best = grain
+        if len(best["spots"]) >= 0.9 * best["predicted"]:
+            break
     if best is None or best["predicted"] < params.min_predicted:
         return None
     if len(best["spots"]) < params.min_completeness * best["predicted"]:
@@ -654,7 +703,7 @@ def grain_table(grains: list[dict], spots: MeasuredSpots) -> dict[str, np.ndarra
 
 
 def index_grains(spots: MeasuredSpots, geometry: LabdctGeometry, params: IndexingParams | None = None, *,
-                 search=None) -> dict[str, np.ndarray]:
+                 search=None, rounds=(), on_round=None) -> dict[str, np.ndarray]:
     """Index grains in a spot table: rounds of seed search, refinement and greedy assignment.
 
     Parameters
@@ -664,8 +713,14 @@ def index_grains(spots: MeasuredSpots, geometry: LabdctGeometry, params: Indexin
     params : IndexingParams, optional
     search : callable, optional
         ``search(seed_batches, available) -> list of candidate lists``, e.g. the Ray shell's
-        actors; default :func:`search_seeds` in this process. Seeds are cut into batches of 8
-        whatever the executor, so the grains do not depend on it.
+        actors; default :func:`search_seeds` in this process. Seeds are cut into batches of
+        :func:`seed_batches` whatever the executor, so the grains do not depend on it.
+    rounds : sequence of dict, optional
+        Rounds done before (``on_round`` records, e.g. read back by a resumed run), replayed
+        without searching.
+    on_round : callable, optional
+        ``on_round(index, record)`` after each new round; ``record`` holds ``seeds`` (the
+        round's seed spots) and ``grains`` (the grains it accepted).
 
     Returns
     -------
@@ -682,16 +737,26 @@ def index_grains(spots: MeasuredSpots, geometry: LabdctGeometry, params: Indexin
     grains: list[dict] = []
     idle = 0
     for round_ in range(params.max_rounds):
-        seeds = next_seeds(spots, available, seeded, params.seeds_per_round)
-        if len(seeds) == 0:
-            break
-        seeded[seeds] = True
-        batches = seed_batches(seeds)
-        if search is None:
-            found = [search_seeds(b, spots, available, geometry, params) for b in batches]
+        if round_ < len(rounds):
+            record = rounds[round_]
+            seeds, accepted = np.asarray(record["seeds"], np.int64), list(record["grains"])
+            seeded[seeds] = True
+            for grain in accepted:
+                available[grain["spots"]] = False
         else:
-            found = search(batches, available)
-        accepted, available = accept_grains([c for part in found for c in part], spots, available, geometry, params)
+            seeds = next_seeds(spots, available, seeded, params.seeds_per_round)
+            if len(seeds) == 0:
+                break
+            seeded[seeds] = True
+            batches = seed_batches(seeds)
+            if search is None:
+                found = [search_seeds(b, spots, available, geometry, params) for b in batches]
+            else:
+                found = search(batches, available)
+            accepted, available = accept_grains([c for part in found for c in part], spots, available, geometry,
+                                                params)
+            if on_round is not None:
+                on_round(round_, {"seeds": seeds, "grains": accepted})
         grains += [{**g, "round": round_} for g in accepted]
         idle = 0 if accepted else idle + 1
         if idle >= params.patience:
