@@ -21,7 +21,7 @@ and ``spot_residual_px`` along the input's ``spot``.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -34,7 +34,7 @@ from rayproc.errors import InputError
 from rayproc.labdct.geometry import LabdctGeometry, geometry_from_json
 from rayproc.labdct.indexing import IndexingParams, index_grains, measured_spots, search_seeds
 from rayproc.pipelines._stage import ResumableStage
-from rayproc.runtime import ray_session, run_stage
+from rayproc.runtime import ray_session
 from rayproc.storage import (
     command_line, create_dataset, done_tasks, finalize, open_dataset, provenance, resolve, task_tables, write_task,
 )
@@ -91,12 +91,14 @@ def read_spot_table(ds: xr.Dataset, url: str, geometry: LabdctGeometry, pixel_co
                          "`rayproc labdct segment` (or `labdct simulate`).")
     if len(frame) == 0:
         raise InputError(f"{url} holds no spots: nothing to index.")
-    dims = ds["spot_label"].dims if "spot_label" in ds else None
-    shape = tuple(ds.sizes[d] for d in dims[1:]) if dims else None
-    if shape is not None and shape != tuple(geometry.detector_shape):
-        raise InputError(f"the spots of {url} are on a {shape} detector but the geometry describes "
-                         f"{tuple(geometry.detector_shape)}: spots from another geometry?")
-    count = ds.sizes[dims[0]] if dims else int(frame.max()) + 1
+    dims = ds["spot_label"].dims if "spot_label" in ds else (next((d for d in ("omega", "frame") if d in ds.sizes),
+                                                                   None), "det_y", "det_z")
+    if all(d in ds.sizes for d in dims[1:]):
+        shape = tuple(ds.sizes[d] for d in dims[1:])
+        if shape != tuple(geometry.detector_shape):
+            raise InputError(f"the spots of {url} are on a {shape} detector but the geometry describes "
+                             f"{tuple(geometry.detector_shape)}: spots from another geometry?")
+    count = ds.sizes[dims[0]] if dims[0] in ds.sizes else int(frame.max()) + 1
     recorded = ds.attrs.get("provenance", {}).get("parameters", {}).get("geometry")
     if isinstance(recorded, dict):  # a simulated stack records its geometry
         theirs = LabdctGeometry.from_dict(recorded)
@@ -124,20 +126,55 @@ def read_spot_table(ds: xr.Dataset, url: str, geometry: LabdctGeometry, pixel_co
 
 
 class _SeedSearcher:
-    """Per-actor stage: fetch the spots once, search batches of seeds against the available spots."""
+    """Per-actor stage, alive for the whole run: fetch the spots once, search batches of seeds."""
 
-    def __init__(self, geometry: dict, params: dict):
-        self.geometry = LabdctGeometry.from_dict(geometry)
-        self.params = IndexingParams.from_dict(params)
-        self.spots = None
-
-    def __call__(self, item):
+    def __init__(self, geometry: dict, params: dict, spots_refs: list):
         import ray
 
-        index, seeds, available, (spots_ref,) = item
-        if self.spots is None:
-            self.spots = ray.get(spots_ref)
-        return index, search_seeds(seeds, self.spots, available, self.geometry, self.params)
+        self.geometry = LabdctGeometry.from_dict(geometry)
+        self.params = IndexingParams.from_dict(params)
+        self.spots = ray.get(spots_refs[0])
+
+    def run(self, seeds, available):
+        return search_seeds(seeds, self.spots, available, self.geometry, self.params)
+
+
+@contextlib.contextmanager
+def seed_search_pool(measured, geometry: LabdctGeometry, params: IndexingParams, workers: int):
+    """``search(batches, available)`` on ``workers`` actors that live as long as the block.
+
+    Actors start once (a new pool per round would pay the start and the imports every round);
+    batches go to whichever actor is free, results come back in batch order.
+    """
+    import ray
+    from ray.util import ActorPool
+
+    from rayproc.errors import Interrupted, user_error
+    from rayproc.runtime.resources import require_resources
+
+    require_resources(cpus=1.0)
+    spots_ref = ray.put(measured)
+    actor_cls = ray.remote(_SeedSearcher).options(num_cpus=1.0, max_restarts=-1, max_task_retries=-1)
+    actors = [actor_cls.remote(geometry.to_dict(), params.to_dict(), [spots_ref]) for _ in range(workers)]
+    pool = ActorPool(actors)
+
+    def search(batches, available):
+        available_ref = ray.put(np.asarray(available))
+        try:
+            return list(pool.map(lambda actor, batch: actor.run.remote(batch, available_ref), batches))
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+            cause = user_error(exc)
+            if cause is None:
+                raise
+            raise cause from None
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
+    try:
+        yield search
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
 
 
 def _record_table(record: dict) -> dict[str, np.ndarray]:
@@ -250,28 +287,19 @@ def index_labdct(
             inputs=[spots, geometry],
         )
         if status != "complete":
-            import ray
-
             done = done_tasks(location)
             previous = []
             while round_task(len(previous)) in done:
                 name = round_task(len(previous))
                 previous.append(_record_from_table(task_tables(location, [name])[name]))
-            spots_ref = ray.put(measured)
-            factory = functools.partial(_SeedSearcher, geom.to_dict(), params.to_dict())
-
-            def search(batches, available):
-                items = [(i, b, available, [spots_ref]) for i, b in enumerate(batches)]
-                found = dict(run_stage(factory, items, workers=workers, desc="seed batches", progress=False))
-                return [found[i] for i in range(len(batches))]
-
             def on_round(index, record):
                 write_task(location, round_task(index), {}, table=_record_table(record))
                 rounds_run.append(index)
                 if progress:
                     print(f"round {index}: {len(record['grains'])} grains", flush=True)
 
-            result = index_grains(measured, geom, params, search=search, rounds=previous, on_round=on_round)
+            with seed_search_pool(measured, geom, params, workers) as search:
+                result = index_grains(measured, geom, params, search=search, rounds=previous, on_round=on_round)
             from rayproc.storage import append_variables
 
             append_variables(location, grain_dataset(result, spot_coord))
