@@ -380,8 +380,9 @@ def index(
     seeds_per_round: Annotated[int, typer.Option(
         "--seeds-per-round", min=1, help="Seed spots searched per round (shared over the actors).")] = 32,
     pixel_convention: Annotated[str, typer.Option(
-        "--pixel-convention", help="rayproc (axis 1 = y, 0-based) or published (raw TIFF rows along z, "
-                                   "columns along y, 1-based, as the published code reads them).")] = "rayproc",
+        "--pixel-convention", help="rayproc (axis 1 = y, 0-based), published (raw TIFF rows along z, columns "
+                                   "along y, 1-based, as the published code reads them) or auto (published for "
+                                   "spots of TIFF frames).")] = "auto",
     workers: Workers = 2,
     cpus: Cpus = None,
     address: Address = None,

@@ -42,7 +42,7 @@ from rayproc.storage import (
 # What the forward model needs from a geometry.json (the rest falls back to the preset).
 GEOMETRY_FIELDS = ("material", "source_to_sample_mm", "sample_to_detector_mm", "detector_pixels", "pixel_size_mm",
                    "beam_center_px", "detector_tilt_rad", "rotation_deg", "energy_window_keV")
-PIXEL_CONVENTIONS = ("rayproc", "published")
+PIXEL_CONVENTIONS = ("auto", "rayproc", "published")
 GRAINS_TASK = "grains"
 
 
@@ -135,12 +135,15 @@ class _SeedSearcher:
         self.params = IndexingParams.from_dict(params)
         self.spots = ray.get(spots_refs[0])
 
+    def ready(self) -> bool:
+        return True
+
     def run(self, seeds, available):
         return search_seeds(seeds, self.spots, available, self.geometry, self.params)
 
 
 @contextlib.contextmanager
-def seed_search_pool(measured, geometry: LabdctGeometry, params: IndexingParams, workers: int):
+def seed_search_pool(measured, geometry: LabdctGeometry, params: IndexingParams, workers: int, on_start=None):
     """``search(batches, available)`` on ``workers`` actors that live as long as the block.
 
     Actors start once (a new pool per round would pay the start and the imports every round);
@@ -156,6 +159,8 @@ def seed_search_pool(measured, geometry: LabdctGeometry, params: IndexingParams,
     spots_ref = ray.put(measured)
     actor_cls = ray.remote(_SeedSearcher).options(num_cpus=1.0, max_restarts=-1, max_task_retries=-1)
     actors = [actor_cls.remote(geometry.to_dict(), params.to_dict(), [spots_ref]) for _ in range(workers)]
+    if on_start is not None:
+        on_start(actors)
     pool = ActorPool(actors)
 
     def search(batches, available):
@@ -234,7 +239,7 @@ def index_labdct(
     angle_tol_deg: float = 0.5,
     match_px: float = 3.0,
     seeds_per_round: int = 32,
-    pixel_convention: str = "rayproc",
+    pixel_convention: str = "auto",
     workers: int = 1,
     address: str | None = None,
     cpus: int | None = None,
@@ -242,6 +247,7 @@ def index_labdct(
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
+    on_start=None,
 ) -> IndexReport:
     """Index the grains of a segmented stack into the zarr store ``out`` (see the module docstring).
 
@@ -255,12 +261,13 @@ def index_labdct(
         The ``geometry.json`` of the frames (every field of :data:`GEOMETRY_FIELDS`).
     min_completeness, angle_tol_deg, match_px, seeds_per_round :
         :class:`~rayproc.labdct.indexing.IndexingParams`.
-    pixel_convention : {"rayproc", "published"}
+    pixel_convention : {"auto", "rayproc", "published"}
         How the store's spot centroids map to the geometry's pixels: ``rayproc`` (axis 1 along
         y, axis 2 along z, 0-based) or ``published`` (the published code's reading of raw TIFF
-        frames: rows along z, columns along y, 1-based).
-    workers, address, cpus, storage_options, overwrite, progress, command :
-        As for the other stages.
+        frames, labdct-fe-farfield/README.md: rows along z, columns along y, 1-based); ``auto``:
+        ``published`` for spots segmented from TIFF frames (``source_format`` attr), else ``rayproc``.
+    workers, address, cpus, storage_options, overwrite, progress, command, on_start :
+        As for the other stages (``on_start`` receives the actor handles; they have a ``ready`` method).
     """
     from rayproc.options import check_counts, look_up_option
 
@@ -271,6 +278,8 @@ def index_labdct(
     geom = indexing_geometry(geometry)
     stage = ResumableStage.claim(out, [spots, geometry], storage_options=storage_options, overwrite=overwrite)
     ds = open_dataset(resolve(spots, storage_options))
+    if pixel_convention == "auto":
+        pixel_convention = "published" if ds.attrs.get("source_format") == "tiff-frames" else "rayproc"
     table = read_spot_table(ds, spots, geom, pixel_convention)
     measured = measured_spots(table["frame"], table["y"], table["z"], table["omegas"], geom,
                               intensity=table["intensity"], area=table["area"])
@@ -298,7 +307,7 @@ def index_labdct(
                 if progress:
                     print(f"round {index}: {len(record['grains'])} grains", flush=True)
 
-            with seed_search_pool(measured, geom, params, workers) as search:
+            with seed_search_pool(measured, geom, params, workers, on_start) as search:
                 result = index_grains(measured, geom, params, search=search, rounds=previous, on_round=on_round)
             from rayproc.storage import append_variables
 
