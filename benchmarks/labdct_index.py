@@ -60,10 +60,10 @@ def run(workers: int, spots: str, geometry_file: str, root: str, seeds_per_round
 
     started = {}
 
-    def mark(actors):
+    def mark(actors, spots_refs):
         import ray
 
-        ray.get([a.ready.remote() for a in actors])  # actors up, spots fetched
+        ray.get([a.ready.remote(spots_refs) for a in actors])  # actors up, spots fetched
         started["t"] = time.perf_counter()
 
     out = os.path.join(root, f"w{workers}.zarr")

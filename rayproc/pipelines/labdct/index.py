@@ -126,19 +126,29 @@ def read_spot_table(ds: xr.Dataset, url: str, geometry: LabdctGeometry, pixel_co
 
 
 class _SeedSearcher:
-    """Per-actor stage, alive for the whole run: fetch the spots once, search batches of seeds."""
+    """Per-actor stage, alive for the whole run: fetch the spots once, search batches of seeds.
 
-    def __init__(self, geometry: dict, params: dict, spots_refs: list):
-        import ray
+    The spots travel as a ref inside each call (not the constructor), so a restarted actor never
+    depends on a lost constructor argument.
+    """
 
+    def __init__(self, geometry: dict, params: dict):
         self.geometry = LabdctGeometry.from_dict(geometry)
         self.params = IndexingParams.from_dict(params)
-        self.spots = ray.get(spots_refs[0])
+        self.spots = None
 
-    def ready(self) -> bool:
+    def _fetch(self, spots_refs: list) -> None:
+        import ray
+
+        if self.spots is None:
+            self.spots = ray.get(spots_refs[0])
+
+    def ready(self, spots_refs: list) -> bool:
+        self._fetch(spots_refs)
         return True
 
-    def run(self, seeds, available):
+    def run(self, seeds, available, spots_refs: list):
+        self._fetch(spots_refs)
         return search_seeds(seeds, self.spots, available, self.geometry, self.params)
 
 
@@ -158,15 +168,15 @@ def seed_search_pool(measured, geometry: LabdctGeometry, params: IndexingParams,
     require_resources(cpus=1.0)
     spots_ref = ray.put(measured)
     actor_cls = ray.remote(_SeedSearcher).options(num_cpus=1.0, max_restarts=-1, max_task_retries=-1)
-    actors = [actor_cls.remote(geometry.to_dict(), params.to_dict(), [spots_ref]) for _ in range(workers)]
+    actors = [actor_cls.remote(geometry.to_dict(), params.to_dict()) for _ in range(workers)]
     if on_start is not None:
-        on_start(actors)
+        on_start(actors, [spots_ref])
     pool = ActorPool(actors)
 
     def search(batches, available):
         available_ref = ray.put(np.asarray(available))
         try:
-            return list(pool.map(lambda actor, batch: actor.run.remote(batch, available_ref), batches))
+            return list(pool.map(lambda actor, batch: actor.run.remote(batch, available_ref, [spots_ref]), batches))
         except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
             cause = user_error(exc)
             if cause is None:
@@ -267,7 +277,7 @@ def index_labdct(
         frames, labdct-fe-farfield/README.md: rows along z, columns along y, 1-based); ``auto``:
         ``published`` for spots segmented from TIFF frames (``source_format`` attr), else ``rayproc``.
     workers, address, cpus, storage_options, overwrite, progress, command, on_start :
-        As for the other stages (``on_start`` receives the actor handles; they have a ``ready`` method).
+        As for the other stages (``on_start`` receives the actor handles and the spots ref in a list, for their ``ready``).
     """
     from rayproc.options import check_counts, look_up_option
 
