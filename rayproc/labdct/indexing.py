@@ -764,6 +764,51 @@ def index_grains(spots: MeasuredSpots, geometry: LabdctGeometry, params: Indexin
     return grain_table(grains, spots)
 
 
+def compare_grains(orientations, positions, true_orientations, true_positions, *, max_deg: float = 1.0,
+                   max_mm: float = 0.05) -> dict[str, np.ndarray]:
+    """Match indexed grains to known grains (a simulation's) and measure their errors.
+
+    Pairs within ``max_deg`` misorientation and ``max_mm`` are matched one to one, closest in
+    orientation first; an indexed grain left unmatched is false.
+
+    Parameters
+    ----------
+    orientations, positions : array_like, shape (G, 3, 3) and (G, 3)
+        Indexed grains (U, mm).
+    true_orientations, true_positions : array_like, shape (T, 3, 3) and (T, 3)
+
+    Returns
+    -------
+    dict of ndarray
+        ``found`` (T,) bool, ``orientation_error_deg`` and ``position_error_um`` (T,) (NaN where
+        not found), ``match`` (G,) index of the true grain (-1: false), ``false`` (G,) bool.
+    """
+    u = np.asarray(orientations, np.float64).reshape(-1, 3, 3)
+    x = np.asarray(positions, np.float64).reshape(-1, 3)
+    tu = np.asarray(true_orientations, np.float64).reshape(-1, 3, 3)
+    tx = np.asarray(true_positions, np.float64).reshape(-1, 3)
+    g, t = len(u), len(tu)
+    mis = np.full((g, t), np.inf)
+    distance = np.linalg.norm(x[:, None] - tx[None], axis=2) if g and t else np.zeros((g, t))
+    for i in range(g):
+        close = np.flatnonzero(distance[i] <= max_mm)
+        if len(close):
+            mis[i, close] = misorientation_deg(np.broadcast_to(u[i], (len(close), 3, 3)), tu[close])
+    match = np.full(g, -1)
+    found = np.zeros(t, bool)
+    orientation_error = np.full(t, np.nan)
+    position_error = np.full(t, np.nan)
+    for flat in np.argsort(mis, axis=None, kind="stable"):
+        i, j = divmod(int(flat), t)
+        if mis[i, j] > max_deg:
+            break
+        if match[i] < 0 and not found[j]:
+            match[i], found[j] = j, True
+            orientation_error[j], position_error[j] = mis[i, j], 1e3 * distance[i, j]
+    return {"found": found, "orientation_error_deg": orientation_error, "position_error_um": position_error,
+            "match": match, "false": match < 0}
+
+
 def seed_batches(seeds, size: int = 8) -> list[np.ndarray]:
     """Cut a round's seeds into fixed batches (the unit of work of the actors)."""
     seeds = np.asarray(seeds)
@@ -771,7 +816,7 @@ def seed_batches(seeds, size: int = 8) -> list[np.ndarray]:
 
 
 __all__ = [
-    "IndexingParams", "MeasuredSpots", "accept_grains", "cubic_rotations", "fundamental_zone", "grain_table",
+    "IndexingParams", "MeasuredSpots", "accept_grains", "align_orientations", "compare_grains", "cubic_rotations", "fundamental_zone", "grain_table",
     "index_grains", "indexing_reflections", "measured_spots", "misorientation_deg", "next_seeds",
     "pair_orientations", "predict_spots", "refine_grain", "rodrigues_vectors", "rotations_z", "score_orientations",
     "search_seed", "search_seeds", "seed_batches", "spot_scattering_vectors",
