@@ -565,6 +565,34 @@ def refine_grain(orientation, position, spots: MeasuredSpots, available, geometr
             "residual_px": residual}
 
 
+def pseudo_symmetric_turns() -> np.ndarray:
+    """Crystal-frame turns by 30, 60, 90 deg about the four <111> axes, (24, 3, 3).
+
+    With {110}, {200} and {211} and no energy resolution, a grain turned by 60 deg about <111>
+    (the Sigma 3 twin) or 30 deg puts about 55 % of its Laue spots where the grain's own are:
+    such a ghost can win a seed, take the spots and hide the true grain.
+    """
+    axes = np.array([[1, 1, 1], [-1, 1, 1], [1, -1, 1], [1, 1, -1]]) / np.sqrt(3)
+    angles = np.radians([30.0, 60.0, 90.0, -30.0, -60.0, -90.0])
+    return Rotation.from_rotvec((axes[:, None, :] * angles[None, :, None]).reshape(-1, 3)).as_matrix()
+
+
+def _best_turn(grain: dict, spots: MeasuredSpots, trees, geometry, g_crystal, params) -> dict:
+    """The grain or its most complete pseudo-symmetric turn (:func:`pseudo_symmetric_turns`), refined."""
+    turns = np.einsum("ij,tjk->tik", grain["orientation"], pseudo_symmetric_turns())
+    pred = predict_spots(turns, np.broadcast_to(grain["position"], (len(turns), 3)), spots.omegas_deg, geometry,
+                         g_crystal)
+    hit, _ = _match(pred, trees[1], params.match_px)
+    predicted = np.bincount(pred["grain"], minlength=len(turns))
+    matched = np.bincount(pred["grain"][hit], minlength=len(turns))
+    k = int(np.argmax(matched / np.maximum(predicted, 1)))
+    if matched[k] / max(predicted[k], 1) <= len(grain["spots"]) / max(grain["predicted"], 1):
+        return grain
+    turned = refine_grain(turns[k], grain["position"], spots, None, geometry, g_crystal,
+                          angle_tol_deg=params.angle_tol_deg, match_px=params.match_px, trees=trees)
+    return turned if len(turned["spots"]) > len(grain["spots"]) else grain
+
+
 def search_seed(seed: int, spots: MeasuredSpots, available, geometry: LabdctGeometry, params: IndexingParams,
                 *, trees=None, reflections=None) -> dict | None:
     """Best refined grain hypothesis of one seed spot, or None.
@@ -604,6 +632,8 @@ def search_seed(seed: int, spots: MeasuredSpots, available, geometry: LabdctGeom
             break
     if best is None or best["predicted"] < params.min_predicted:
         return None
+    if len(best["spots"]) < 0.9 * best["predicted"]:
+        best = _best_turn(best, spots, trees, geometry, g_crystal, params)
     if len(best["spots"]) < params.min_completeness * best["predicted"]:
         return None
     return {**best, "seed": int(seed)}
@@ -818,6 +848,6 @@ def seed_batches(seeds, size: int = 8) -> list[np.ndarray]:
 __all__ = [
     "IndexingParams", "MeasuredSpots", "accept_grains", "align_orientations", "compare_grains", "cubic_rotations", "fundamental_zone", "grain_table",
     "index_grains", "indexing_reflections", "measured_spots", "misorientation_deg", "next_seeds",
-    "pair_orientations", "predict_spots", "refine_grain", "rodrigues_vectors", "rotations_z", "score_orientations",
+    "pair_orientations", "predict_spots", "pseudo_symmetric_turns", "refine_grain", "rodrigues_vectors", "rotations_z", "score_orientations",
     "search_seed", "search_seeds", "seed_batches", "spot_scattering_vectors",
 ]
