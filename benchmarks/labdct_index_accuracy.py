@@ -39,7 +39,7 @@ def main() -> None:
     started = time.perf_counter()
     found = ix.index_grains(spots, geometry, ix.IndexingParams(min_completeness=args.min_completeness))
     indexed = time.perf_counter() - started
-    g_c = ix.indexing_reflections(geometry, 3)
+    g_c, _ = ix.indexing_reflections(geometry, 3)
     predicted = np.bincount(ix.predict_spots(sample.orientations, sample.grain_centroids_mm(), geometry.omegas_deg,
                                              geometry, g_c)["grain"], minlength=sample.n_grains)
     score = ix.compare_grains(found["orientation"], found["position"], sample.orientations,

@@ -65,10 +65,10 @@ def test_orientation_conventions_match_the_simulator():
 
 def test_scattering_vectors_invert_the_forward_model_and_pairs_find_the_orientation():
     u = orientation_matrices([[0.1, -0.2, 0.15]], "rodrigues")
-    g_c, families = ix._reflections(GEOMETRY, 3)
+    g_c, families = ix.indexing_reflections(GEOMETRY, 3)
     pred = ix.predict_spots(u, np.zeros((1, 3)), GEOMETRY.omegas_deg, GEOMETRY, g_c)
     assert len(pred["frame"]) > 50
-    g = ix.spot_scattering_vectors(pred["y_px"], pred["z_px"], GEOMETRY.omegas_deg[pred["frame"]], GEOMETRY)
+    g = ix.spot_scattering_vectors(pred["y_px"], pred["z_px"], GEOMETRY)
     assert np.abs(g - pred["g_lab"]).max() < 1e-9  # a grain at the axis: exact
     spots = ix.measured_spots(pred["frame"], pred["y_px"], pred["z_px"], GEOMETRY.omegas_deg, GEOMETRY)
     seed = int(np.flatnonzero(np.bincount(pred["frame"]) >= 2)[0])
@@ -83,7 +83,7 @@ def test_indexes_every_grain_of_a_simulated_stack_to_a_hundredth_of_a_degree(sim
     records = []
     found = ix.index_grains(spots, GEOMETRY, on_round=lambda i, r: records.append(r))
     nearest, mis, error_um = compare(found, sample)
-    g_c, _ = ix._reflections(GEOMETRY, 3)
+    g_c, _ = ix.indexing_reflections(GEOMETRY, 3)
     predicted = np.bincount(ix.predict_spots(sample.orientations, sample.grain_centroids_mm(), GEOMETRY.omegas_deg,
                                              GEOMETRY, g_c)["grain"], minlength=N_GRAINS)
     assert (predicted >= 10).all()

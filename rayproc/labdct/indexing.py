@@ -193,7 +193,7 @@ def rodrigues_vectors(orientations) -> np.ndarray:
     return rotvec * np.divide(np.tan(angle / 2), angle, out=np.full_like(angle, 0.5), where=angle > 0)
 
 
-def spot_scattering_vectors(y_px, z_px, omega_deg, geometry: LabdctGeometry) -> np.ndarray:
+def spot_scattering_vectors(y_px, z_px, geometry: LabdctGeometry) -> np.ndarray:
     """Unit lab-frame scattering vectors of detector points, for a grain at the rotation axis.
 
     ``g ~ k_out - k_in`` with ``k_in`` from the source to the origin and ``k_out`` from the
@@ -203,8 +203,6 @@ def spot_scattering_vectors(y_px, z_px, omega_deg, geometry: LabdctGeometry) -> 
     ----------
     y_px, z_px : array_like, shape (N,)
         Detector pixel coordinates.
-    omega_deg : array_like, shape (N,)
-        Unused by the lab-frame vector; kept so callers pass a spot row whole.
     geometry : LabdctGeometry
 
     Returns
@@ -251,15 +249,22 @@ def measured_spots(frame, y_px, z_px, omegas_deg, geometry: LabdctGeometry, *, i
         raise InputError("spot centroids must be finite; got NaN or infinite centroids.")
     intensity = np.ones(n) if intensity is None else np.asarray(intensity, np.float64)
     area = np.ones(n) if area is None else np.asarray(area, np.float64)
-    g_lab = spot_scattering_vectors(y_px, z_px, omegas_deg[frame], geometry) if n else np.zeros((0, 3))
+    g_lab = spot_scattering_vectors(y_px, z_px, geometry) if n else np.zeros((0, 3))
     return MeasuredSpots(frame, y_px, z_px, intensity, area, omegas_deg, g_lab)
 
 
-def indexing_reflections(geometry: LabdctGeometry, families: int = 3) -> np.ndarray:
-    """Crystal-frame reciprocal vectors (1/Angstrom) of the first ``families`` {hkl}, harmonics dropped, (R, 3)."""
+def indexing_reflections(geometry: LabdctGeometry, families: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Reflections predicted when indexing: the first ``families`` {hkl}, harmonics dropped.
+
+    Returns
+    -------
+    g_crystal : ndarray, shape (R, 3)
+        Crystal-frame reciprocal vectors (1/Angstrom).
+    family : ndarray of int, shape (R,)
+    """
     refl = reflection_set(geometry.material, families)
     keep = np.unique(refl.fundamental)
-    return refl.hkl[keep] / geometry.material.a_angstrom
+    return refl.hkl[keep] / geometry.material.a_angstrom, refl.family[keep]
 
 
 def predict_spots(orientations, positions, omegas_deg, geometry: LabdctGeometry, g_crystal) -> dict:
@@ -602,7 +607,7 @@ def search_seed(seed: int, spots: MeasuredSpots, available, geometry: LabdctGeom
     completeness reaches ``min_completeness``.
     """
     if reflections is None:
-        reflections = _reflections(geometry, params.families)
+        reflections = indexing_reflections(geometry, params.families)
     g_crystal, families = reflections
     if trees is None:
         trees = (g_tree(spots, available), pixel_tree(spots, available))
@@ -639,18 +644,12 @@ def search_seed(seed: int, spots: MeasuredSpots, available, geometry: LabdctGeom
     return {**best, "seed": int(seed)}
 
 
-def _reflections(geometry: LabdctGeometry, families: int) -> tuple[np.ndarray, np.ndarray]:
-    refl = reflection_set(geometry.material, families)
-    keep = np.unique(refl.fundamental)
-    return refl.hkl[keep] / geometry.material.a_angstrom, refl.family[keep]
-
-
 def search_seeds(seeds, spots: MeasuredSpots, available, geometry: LabdctGeometry,
                  params: IndexingParams) -> list[dict]:
     """:func:`search_seed` for several seeds against the same available spots (one unit of work)."""
     available = np.asarray(available, bool)
     trees = (g_tree(spots, available), pixel_tree(spots, available))
-    reflections = _reflections(geometry, params.families)
+    reflections = indexing_reflections(geometry, params.families)
     found = []
     for seed in seeds:
         grain = search_seed(int(seed), spots, available, geometry, params, trees=trees, reflections=reflections)
@@ -676,7 +675,7 @@ def accept_grains(candidates: list[dict], spots: MeasuredSpots, available, geome
         Spots still unassigned.
     """
     available = np.array(available, bool)
-    g_crystal, _ = _reflections(geometry, params.families)
+    g_crystal, _ = indexing_reflections(geometry, params.families)
     order = sorted(candidates, key=lambda c: (-len(c["spots"]), c["seed"]))
     accepted = []
     for cand in order:
