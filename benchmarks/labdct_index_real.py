@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--frames", default="../shared/data/labdct-fe-farfield")
     parser.add_argument("--frame", type=int, default=0)
     parser.add_argument("--figure", default=None)
+    parser.add_argument("--zoom", type=int, nargs=3, default=(300, 700, 100), metavar=("ROW", "COL", "HALF"))
     args = parser.parse_args()
 
     from rayproc.labdct import indexing as ix
@@ -63,20 +64,27 @@ def main() -> None:
     files = sorted(Path(args.frames).glob("*.tif*"))
     image = tifffile.imread(files[args.frame]).astype(np.float32)
     omega = geometry.omegas_deg[args.frame]
-    figure, axes = plt.subplots(1, 2, figsize=(14, 7.4))
+    figure, axes = plt.subplots(2, 2, figsize=(14, 14))
     low, high = np.percentile(image, [1, 99.7])
-    for axis, (name, res) in zip(axes, results.items()):
+    row, col, half = args.zoom
+    for column, (name, res) in enumerate(results.items()):
         ds = res["ds"]
         keep = np.asarray(ds.grain_completeness.values) >= 0.3
         u, x = np.asarray(ds.grain_orientation.values)[keep], np.asarray(ds.grain_centroid.values)[keep]
         pred = ix.predict_spots(u, x, [omega], geometry, ix.indexing_reflections(geometry, 3)[0])
-        axis.imshow(image, cmap="gray", vmin=low, vmax=high, origin="upper")
-        # published pixel convention: geometry y = column + 1, z = row + 1
         colours = plt.cm.tab20(np.arange(len(u)) % 20)
-        axis.scatter(pred["y_px"] - 1, pred["z_px"] - 1, s=70, facecolors="none", edgecolors=colours[pred["grain"]],
-                     linewidths=1.2)
-        axis.set_title(f"{name}: {keep.sum()} grains (completeness >= 0.3), predicted spots at {omega:.0f} deg")
-        axis.set_axis_off()
+        for zoomed, axis in enumerate(axes[:, column]):
+            axis.imshow(image, cmap="gray", vmin=low, vmax=high, origin="upper")
+            # published pixel convention: geometry y = column + 1, z = row + 1
+            axis.scatter(pred["y_px"] - 1, pred["z_px"] - 1, s=300 if zoomed else 60, facecolors="none",
+                         edgecolors=colours[pred["grain"]], linewidths=1.2)
+            if zoomed:
+                axis.set_xlim(col - half, col + half)
+                axis.set_ylim(row + half, row - half)
+            axis.set_axis_off()
+        axes[0, column].set_title(f"{name}: {keep.sum()} grains (completeness >= 0.3), predicted spots at "
+                                  f"{omega:.0f} deg")
+        axes[1, column].set_title(f"zoom: rows {row - half}-{row + half}, columns {col - half}-{col + half}")
     figure.tight_layout()
     figure.savefig(args.figure, dpi=90)
     print(f"figure written to {args.figure}")
