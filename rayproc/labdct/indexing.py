@@ -838,7 +838,7 @@ def compare_grains(orientations, positions, true_orientations, true_positions, *
             "match": match, "false": match < 0}
 
 
-def seed_batches(seeds, size: int = 8) -> list[np.ndarray]:
+def seed_batches(seeds, size: int = 4) -> list[np.ndarray]:
     """Cut a round's seeds into fixed batches (the unit of work of the actors)."""
     seeds = np.asarray(seeds)
     return [seeds[i:i + size] for i in range(0, len(seeds), size)]
