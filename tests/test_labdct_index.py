@@ -150,6 +150,37 @@ def test_index_stage_does_not_depend_on_the_worker_count_and_reruns_as_complete(
     assert again.status == "complete" and again.grains == N_GRAINS
 
 
+def test_index_stage_killed_after_a_round_resumes_to_the_same_grains(ray_local, simulated, geometry_file, tmp_path,
+                                                                      monkeypatch):
+    import rayproc.pipelines.labdct.index as stage
+    from rayproc.storage import done_tasks, open_dataset
+
+    _, table = simulated
+    spots = write_spot_store(tmp_path / "spots.zarr", table)
+    whole = stage.index_labdct(str(spots), str(tmp_path / "whole.zarr"), geometry=str(geometry_file), workers=1,
+                               progress=False)
+    real = stage.index_grains
+
+    def killed_after_round_one(*args, on_round, **kwargs):
+        def then_die(index, record):
+            on_round(index, record)
+            if index == 1:
+                raise RuntimeError("killed")
+        return real(*args, on_round=then_die, **kwargs)
+
+    monkeypatch.setattr(stage, "index_grains", killed_after_round_one)
+    out = tmp_path / "killed.zarr"
+    with pytest.raises(RuntimeError, match="killed"):
+        stage.index_labdct(str(spots), str(out), geometry=str(geometry_file), workers=1, progress=False)
+    assert done_tasks(str(out)) == {"round-00000", "round-00001"}
+    monkeypatch.setattr(stage, "index_grains", real)
+    resumed = stage.index_labdct(str(spots), str(out), geometry=str(geometry_file), workers=1, progress=False)
+    assert resumed.status == "resumed" and resumed.rounds == whole.rounds
+    a, b = open_dataset(whole.url), open_dataset(resumed.url)
+    for name in ("grain_orientation", "grain_centroid", "spot_grain", "grain_round"):
+        assert np.array_equal(a[name].values, b[name].values), name
+
+
 def test_index_bad_inputs_one_line(ray_local, simulated, geometry_file, tmp_path, cli_error):
     _, table = simulated
     spots = write_spot_store(tmp_path / "spots.zarr", table)
