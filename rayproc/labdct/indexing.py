@@ -2,23 +2,26 @@
 
 Spots are predicted with the simulator's forward model (:func:`rayproc.labdct.bragg.diffraction_events`:
 ``G = R_z(omega) U B hkl``, cone beam from the point source, tilted detector, energy window), so
-simulation and indexing share one Bragg-geometry code path. The search, after the
-far-field LabDCT indexing of Zhang & Lindkvist (2025) [1]_:
+simulation and indexing share one Bragg-geometry code path. The published far-field indexing [1]_
+scores a 2.5 deg grid of orientations; this search starts from spot pairs instead (step 2):
 
 1. **Scattering vectors of the spots.** Each measured centroid gives a unit scattering vector
    ``g = (k_out - k_in) / |k_out - k_in|`` for a grain at the rotation axis
    (:func:`spot_scattering_vectors`); a grain off the axis tilts it by ~(offset / L) rad.
 2. **Orientation hypotheses.** Two spots of one grain in one frame make an angle found among
    the angles between {hkl} normals; each spot pair and each (h1, h2) pair of that angle fixes
-   an orientation (TRIAD, :func:`pair_orientations`). Seed spots are taken by decreasing
-   intensity, so a hypothesis is exact to the position error (~0.1 deg), where a uniform grid of
-   the cubic fundamental zone is off by up to half its step: at 2.5 deg the ~2 deg tolerance
-   this needs lets about one random spot per predicted spot match at 1000 spots per frame.
+   an orientation (TRIAD, :func:`pair_orientations`), within ~0.3-1 deg of the grain's; seed
+   spots are taken by decreasing intensity. A uniform grid of the cubic fundamental zone would
+   be off by up to ~2 deg at a 2.5 deg step, and at ~1000 spots per frame a 2 deg tolerance lets
+   about one random spot match every predicted one; hypotheses are fitted to the scattering
+   vectors they match (:func:`align_orientations`) before they are ranked.
 3. **Scoring** (:func:`score_orientations`): every hypothesis predicts its spots in every frame
    (grain at the axis) and counts those within ``angle_tol_deg`` of a measured scattering
    vector of the same frame: completeness = matched / predicted.
 4. **Refinement** (:func:`refine_grain`): orientation and position by least squares on the
-   pixel residuals of the matched spots, re-matching at shrinking pixel tolerances.
+   pixel residuals of the matched spots, re-matching at shrinking pixel tolerances; a grain
+   short of 0.9 completeness is compared with its turns about <111>
+   (:func:`pseudo_symmetric_turns`).
 5. **Greedy assignment** (:func:`accept_grains`): refined candidates in decreasing order of
    matched spots take their still unassigned spots if their completeness on those stays above
    the threshold; the next round seeds from the remaining spots (:func:`index_grains`).
