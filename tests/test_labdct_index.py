@@ -125,15 +125,24 @@ def geometry_file(tmp_path_factory):
     return path
 
 
-def test_index_stage_does_not_depend_on_the_worker_count_and_reruns_as_complete(ray_local, simulated,
+@pytest.fixture(scope="module")
+def indexed_once(ray_local, simulated, geometry_file, tmp_path_factory):
+    """The simulated spots as a spot store, indexed by one actor."""
+    from rayproc.pipelines.labdct.index import index_labdct
+
+    root = tmp_path_factory.mktemp("index")
+    spots = write_spot_store(root / "spots.zarr", simulated[1])
+    report = index_labdct(str(spots), str(root / "one.zarr"), geometry=str(geometry_file), workers=1, progress=False)
+    return spots, report
+
+
+def test_index_stage_does_not_depend_on_the_worker_count_and_reruns_as_complete(indexed_once, simulated,
                                                                                  geometry_file, tmp_path):
     from rayproc.pipelines.labdct.index import index_labdct
     from rayproc.storage import open_dataset
 
-    sample, table = simulated
-    spots = write_spot_store(tmp_path / "spots.zarr", table)
-    one = index_labdct(str(spots), str(tmp_path / "one.zarr"), geometry=str(geometry_file), workers=1,
-                       progress=False)
+    sample, _ = simulated
+    spots, one = indexed_once
     two = index_labdct(str(spots), str(tmp_path / "two.zarr"), geometry=str(geometry_file), workers=2,
                        progress=False)
     assert one.grains == two.grains == N_GRAINS and one.status == "created"
@@ -145,20 +154,16 @@ def test_index_stage_does_not_depend_on_the_worker_count_and_reruns_as_complete(
     _, mis, error_um = compare({"orientation": a.grain_orientation.values, "position": a.grain_centroid.values},
                                sample)
     assert np.median(mis) < 0.01 and np.median(error_um) < 5
-    again = index_labdct(str(spots), str(tmp_path / "one.zarr"), geometry=str(geometry_file), workers=2,
-                         progress=False)
+    again = index_labdct(str(spots), one.url, geometry=str(geometry_file), workers=2, progress=False)
     assert again.status == "complete" and again.grains == N_GRAINS
 
 
-def test_index_stage_killed_after_a_round_resumes_to_the_same_grains(ray_local, simulated, geometry_file, tmp_path,
+def test_index_stage_killed_after_a_round_resumes_to_the_same_grains(indexed_once, geometry_file, tmp_path,
                                                                       monkeypatch):
     import rayproc.pipelines.labdct.index as stage
     from rayproc.storage import done_tasks, open_dataset
 
-    _, table = simulated
-    spots = write_spot_store(tmp_path / "spots.zarr", table)
-    whole = stage.index_labdct(str(spots), str(tmp_path / "whole.zarr"), geometry=str(geometry_file), workers=1,
-                               progress=False)
+    spots, whole = indexed_once
     real = stage.index_grains
 
     def killed_after_round_one(*args, on_round, **kwargs):
