@@ -36,7 +36,7 @@ from rayproc.labdct.indexing import IndexingParams, index_grains, measured_spots
 from rayproc.pipelines._stage import ResumableStage
 from rayproc.runtime import ray_session
 from rayproc.storage import (
-    command_line, create_dataset, done_tasks, finalize, open_dataset, provenance, resolve, task_tables, write_task,
+    append_variables, command_line, create_dataset, done_tasks, finalize, open_dataset, provenance, resolve, task_tables, write_task,
 )
 
 # What the forward model needs from a geometry.json (the rest falls back to the preset).
@@ -311,6 +311,7 @@ def index_labdct(
             while round_task(len(previous)) in done:
                 name = round_task(len(previous))
                 previous.append(_record_from_table(task_tables(location, [name])[name]))
+
             def on_round(index, record):
                 write_task(location, round_task(index), {}, table=_record_table(record))
                 rounds_run.append(index)
@@ -319,12 +320,9 @@ def index_labdct(
 
             with seed_search_pool(measured, geom, params, workers, on_start) as search:
                 result = index_grains(measured, geom, params, search=search, rounds=previous, on_round=on_round)
-            from rayproc.storage import append_variables
-
             append_variables(location, grain_dataset(result, spot_coord))
             write_task(location, GRAINS_TASK, {})
-            n_rounds = len(previous) + len(rounds_run)
-            finalize(location, [GRAINS_TASK, *(round_task(i) for i in range(n_rounds))])
+            finalize(location, [GRAINS_TASK, *(round_task(i) for i in range(len(previous) + len(rounds_run)))])
     stored = open_dataset(location)
     assigned = int((np.asarray(stored["spot_grain"].values) >= 0).sum())
     n_rounds = len([t for t in done_tasks(location) if t.startswith("round-")])
