@@ -172,6 +172,13 @@ def misorientation_deg(u1, u2) -> np.ndarray:
     Returns
     -------
     ndarray, shape (G,)
+
+    Examples
+    --------
+    A 100 deg turn about a cube axis is 10 deg from the start (90 deg is a symmetry):
+
+    >>> round(float(misorientation_deg(np.eye(3), rotations_z(100.0))[0]), 6)
+    10.0
     """
     u1, u2 = np.asarray(u1, np.float64).reshape(-1, 3, 3), np.asarray(u2, np.float64).reshape(-1, 3, 3)
     delta = np.einsum("gji,gjk->gik", u1, u2)  # U1^T U2
