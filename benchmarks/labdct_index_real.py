@@ -86,7 +86,7 @@ def main() -> None:
                                   f"{omega:.0f} deg")
         axes[1, column].set_title(f"zoom: rows {row - half}-{row + half}, columns {col - half}-{col + half}")
     figure.tight_layout()
-    figure.savefig(args.figure, dpi=90)
+    figure.savefig(args.figure, dpi=60)
     print(f"figure written to {args.figure}")
 
 
