@@ -364,3 +364,43 @@ def denoise(
         typer.echo(f"{report.url}: {report.frames} frames denoised ({report.computed} of {report.tasks} slabs "
                    f"computed now)")
     typer.echo(written_line(report.url, parse_storage_options(storage_option)))
+
+
+# ------------------------------------------------------------------------------------ index
+@app.command()
+def index(
+    spots: Annotated[str, typer.Argument(help="A `rayproc labdct segment` store (or a `labdct simulate` store).")],
+    out: Annotated[str, typer.Argument(help="Output zarr store (grain table and per-spot assignment).")],
+    geometry: Annotated[str, typer.Option("--geometry", help="geometry.json of the frames (every field).")],
+    min_completeness: Annotated[float, typer.Option(
+        "--min-completeness", help="Smallest matched / predicted spots of a grain.")] = 0.5,
+    angle_tol_deg: Annotated[float, typer.Option(
+        "--angle-tol-deg", help="Scattering-vector tolerance of the orientation search (deg).")] = 0.5,
+    match_px: Annotated[float, typer.Option("--match-px", help="Pixel tolerance of a matched spot.")] = 3.0,
+    seeds_per_round: Annotated[int, typer.Option(
+        "--seeds-per-round", min=1, help="Seed spots searched per round (shared over the actors).")] = 32,
+    pixel_convention: Annotated[str, typer.Option(
+        "--pixel-convention", help="rayproc (axis 1 = y, 0-based), published (raw TIFF rows along z, columns "
+                                   "along y, 1-based, as the published code reads them) or auto (published for "
+                                   "spots of TIFF frames).")] = "auto",
+    workers: Workers = 2,
+    cpus: Cpus = None,
+    address: Address = None,
+    storage_option: StorageOptions = None,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+):
+    """Index grains from segmented spots: pair hypotheses searched on Ray actors, least-squares refinement (resumable)."""
+    from rayproc.pipelines.labdct.index import index_labdct
+    from rayproc.storage import parse_storage_options
+
+    options = parse_storage_options(storage_option)
+    report = index_labdct(spots, out, geometry=geometry, min_completeness=min_completeness,
+                          angle_tol_deg=angle_tol_deg, match_px=match_px, seeds_per_round=seeds_per_round,
+                          pixel_convention=pixel_convention, workers=workers, address=address, cpus=cpus,
+                          storage_options=options, overwrite=overwrite, progress=progress)
+    if report.status == "complete":
+        typer.echo(f"{report.url}: already complete; nothing to do")
+    typer.echo(f"{report.url}: {report.grains} grains, {report.assigned} of {report.spots} spots assigned "
+               f"({report.rounds} rounds; {report.seconds:.1f} s)")
+    typer.echo(written_line(report.url, options))

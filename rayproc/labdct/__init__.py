@@ -9,7 +9,8 @@ condition), :mod:`~rayproc.labdct.projection` (a projection and its spot table);
 :mod:`~rayproc.labdct.calibration`, :mod:`~rayproc.labdct.tiles`; network:
 :mod:`~rayproc.labdct.network`; segmentation and scores: :mod:`~rayproc.labdct.standard_routine`,
 :mod:`~rayproc.labdct.denoise`, :mod:`~rayproc.labdct.detector_masks` (hot pixels, beam stop),
-:mod:`~rayproc.labdct.spots`, :mod:`~rayproc.labdct.evaluation`.
+:mod:`~rayproc.labdct.spots`, :mod:`~rayproc.labdct.evaluation`; grains from spots:
+:mod:`~rayproc.labdct.indexing`.
 The shells are in :mod:`rayproc.pipelines.labdct`.
 """
 
@@ -39,6 +40,9 @@ _EXPORTS = {
         'background_residual', 'mean_snr', 'recall_record', 'score', 'truth_snr', 'tune_relative',
     ], 'evaluation'),
     **dict.fromkeys(['LabdctGeometry', 'geometry_from_json', 'rotation_z'], 'geometry'),
+    **dict.fromkeys([
+        'IndexingParams', 'compare_grains', 'index_grains', 'measured_spots', 'misorientation_deg', 'predict_spots',
+    ], 'indexing'),
     **dict.fromkeys([
         'FeatureNet', 'LabdctNetConfig', 'LabdctUnet', 'build_labdct_net', 'feature_loss', 'gram_matrix', 'icnr_',
         'load_feature_net', 'vgg16_bn_features',
