@@ -43,6 +43,18 @@ def _node_of(resource: str) -> dict:
     return next(n for n in ray.nodes() if resource in n["Resources"] or resource in n.get("Labels", {}))
 
 
+def _locations(ref, timeout_s: float = 30) -> list[str]:
+    """The nodes holding ``ref`` (the object directory learns of a new copy a moment after it is made)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while not (nodes := ray.experimental.get_object_locations([ref])[ref]["node_ids"]):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return nodes
+
+
 def main(resource: str, frames: int) -> int:
     import dataclasses
 
@@ -58,7 +70,7 @@ def main(resource: str, frames: int) -> int:
         num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(victim["NodeID"], soft=True))
     ref = make.remote(frames)
     ray.wait([ref], fetch_local=False)
-    before = ray.experimental.get_object_locations([ref])[ref]["node_ids"]
+    before = _locations(ref)
     print(json.dumps({"input_on": before, "victim": victim["NodeID"]}), flush=True)
     print("READY", flush=True)
     deadline = time.monotonic() + 120
@@ -70,7 +82,7 @@ def main(resource: str, frames: int) -> int:
     shared = SharedObjects(ray.put(None), array_ref=ref)
     jobs = [dataclasses.replace(job, shared=shared) for job in slab_jobs(frames, 2)]
     sums = dict(run_stage(slab_sum_stage, jobs, workers=2, progress=False))
-    after = ray.experimental.get_object_locations([ref])[ref]["node_ids"]
+    after = _locations(ref)
     print(json.dumps({"sums": {str(k): v for k, v in sorted(sums.items())}, "input_on_after": after}), flush=True)
     return 0
 
