@@ -16,13 +16,14 @@ import math
 
 # Per-item costs on one core (benchmarks/scaling_curves.py, 2-core development machine, shared).
 MEASURED = {
-    "inpaint_s_per_portion": 0.113,
-    "inpaint_s_per_voxel": 1.0e-8,
-    "labdct_denoise_s_per_frame_2032": 17.2,
-    "labdct_segment_s_per_frame_2032": 8.4,
+    "inpaint_s_per_portion": 0.0688,  # per 32^3 portion the network runs on
+    "inpaint_s_per_voxel": 4.14e-7,  # read, check, copy, compress and write, per voxel of the volume
+    "labdct_denoise_s_per_frame_2032": 11.0,  # measured on 508^2 frames, scaled by pixels
+    "labdct_segment_s_per_frame_2032": 0.92,  # the standard routine, likewise
 }
-# A BCDI scan: 256^3 with the Maxipix 6 px module cross through it, default stride 8
-# (rayproc.bcdi.inpaint.plan_windows on that mask gives 1653 portions of 32^3).
+# A BCDI scan: 256^3 with the Maxipix 6 px module cross through it, default stride 8, --chunk 256
+# (one chunk a scan): rayproc.bcdi.inpaint.plan_windows gives 1653 portions of 32^3. With the
+# default --chunk 128 the cross lies on chunk borders and 3968 portions are computed (2.4x).
 BCDI_SCANS, BCDI_EDGE, BCDI_PORTIONS = 1000, 256, 1653
 # A LabDCT sample: one 181-frame scan of 2032^2 frames; 50 samples.
 LABDCT_SAMPLES, LABDCT_FRAMES, LABDCT_SIDE = 50, 181, 2032

@@ -61,8 +61,22 @@ def point_inpaint(size: int, gap: str, stride: int, volumes: int = 1) -> dict:
         report = inpaint_bcdi(source, f"{root}/out{v}.zarr", gaps=gaps, stride=stride, workers=0, progress=False)
         windows += report.windows
     seconds = time.perf_counter() - t0
+    computed = volumes * portions_computed(sources[0], gaps, stride)
     subprocess.run(["rm", "-rf", root], check=False)
-    return {"seconds": seconds, "windows": windows, "voxels": volumes * size**3, "peak_mb": _peak_mb()}
+    return {"seconds": seconds, "windows": windows, "computed": computed, "voxels": volumes * size**3,
+            "peak_mb": _peak_mb()}
+
+
+def portions_computed(source: str, gaps: list[str], stride: int, chunk: int = 128) -> int:
+    """Portions the network runs on: every chunk computes each window that touches it, so a window
+    across a chunk border is computed by each chunk it touches."""
+    from rayproc.bcdi.inpaint import plan_windows
+    from rayproc.pipelines.bcdi.inpaint import target_mask
+    from rayproc.stitching import plan_chunks
+
+    mask = target_mask(source, gaps=gaps)
+    origins = plan_windows(mask, stride=stride)
+    return sum(len(task.windows) for task in plan_chunks(mask.shape, chunk, origins, 32))
 
 
 def point_simulate(count: int, size: int) -> dict:
@@ -196,9 +210,13 @@ def main() -> None:
     parser.add_argument("--binning", type=int, default=4)
     parser.add_argument("--figure", default=str(HERE.parent / "docs" / "figures" / "scaling_curves.png"))
     parser.add_argument("--json", default=None, help="write the points and fits here")
+    parser.add_argument("--from-json", default=None, help="fit and draw the points of an earlier --json run")
     args = parser.parse_args()
     if args.point:
         _point_main(args.point)
+        return
+    if args.from_json:
+        report(json.loads(Path(args.from_json).read_text()), args)
         return
 
     ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
@@ -216,12 +234,19 @@ def main() -> None:
     pixels = results["labdct_frames"]["denoise"][0]["pixels"]
     side = int(round(pixels**0.5))
     results["labdct_shape"] = (side, side)
+    report(results, args)
+
+
+def report(results: dict, args) -> None:
+    """Fit the per-item costs, print them, draw the figure, write the JSON."""
+    pixels = results["labdct_frames"]["denoise"][0]["pixels"]
+    side = results["labdct_shape"][0]
 
     # Per-item costs. Inpainting: seconds = a + b_w windows + b_v voxels (two unknowns from both series).
     import numpy as np
 
     rows = results["inpaint_size"]
-    design = np.array([[1.0, r["windows"], r["voxels"]] for r in rows])
+    design = np.array([[1.0, r["computed"], r["voxels"]] for r in rows])
     (a, per_window, per_voxel), *_ = np.linalg.lstsq(design, np.array([r["seconds"] for r in rows]), rcond=None)
     fits = {"inpaint_s_per_portion": float(per_window), "inpaint_s_per_voxel": float(per_voxel),
             "inpaint_s_fixed": float(a)}
@@ -236,8 +261,8 @@ def main() -> None:
             fits[f"labdct_{stage}_s_per_frame_2032"] = per_frame * 2032**2 / pixels
     results["fits"] = fits
     print("\nFitted per-item costs (one core):")
-    print(f"  inpaint: {per_window * 1e3:.1f} ms per 32^3 portion, {per_voxel * 1e9:.1f} s per 10^9 voxels passed "
-          f"through (read, copy, write), {a:.1f} s fixed")
+    print(f"  inpaint: {per_window * 1e3:.1f} ms per 32^3 portion computed, {per_voxel * 1e9:.1f} s per 10^9 voxels "
+          f"passed through (read, copy, write), {a:.1f} s fixed")
     print(f"  simulate BCDI 64^3: {fits['simulate_s_per_volume_64']:.3f} s per volume; inpaint 64^3 with a 6 px "
           f"cross at stride 8: {fits['inpaint_s_per_volume_64_stride8']:.2f} s per volume")
     for stage in ("simulate", "denoise", "segment"):
