@@ -5,7 +5,7 @@ Reads the fitted costs of ``benchmarks/scaling_curves.py --json FILE`` (or the v
 scans and LabDCT samples needs on the instance types of ``cluster/aws.yaml``, and the bytes each
 item moves (object storage traffic). Every assumption is a named constant or option here.
 
-    python benchmarks/capacity_table.py [--curves curves.json] [--hours 8] [--gpu-speedup 30]
+    python benchmarks/capacity_table.py [--curves curves.json] [--hours 8 1] [--gpu-speedup 30]
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ def plan(work: dict, instance: str, hours: float, gpu_speedup: float) -> dict:
     per_node_mb_s = work["bytes"] / node_s_per_item / 1e6
     driver_h = work["items"] * work["driver_s"] / 3600
     return {"nodes": nodes, "wall_h": wall_h, "node_hours": node_hours, "usd": cost, "driver_h": driver_h,
-            "max_nodes": node_hours / driver_h,
             "node_mb_s": per_node_mb_s, "cluster_mb_s": per_node_mb_s * nodes,
             "link_share": per_node_mb_s * 8 / 1000 / spec["gbit_s"]}
 
@@ -82,7 +81,8 @@ def plan(work: dict, instance: str, hours: float, gpu_speedup: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--curves", help="JSON written by benchmarks/scaling_curves.py --json")
-    parser.add_argument("--hours", type=float, default=8.0, help="wall-clock budget (overnight)")
+    parser.add_argument("--hours", type=float, nargs="+", default=[8.0, 1.0],
+                        help="wall-clock budgets (overnight, and within the hour)")
     parser.add_argument("--gpu-speedup", type=float, default=30.0,
                         help="one A10G vs one CPU core on the networks (an assumption until measured)")
     args = parser.parse_args()
@@ -90,17 +90,18 @@ def main() -> None:
     if args.curves:
         with open(args.curves) as f:
             costs.update({k: v for k, v in json.load(f)["fits"].items() if k in MEASURED})
-    print("| workload | instance | core-hours (1 core) | nodes for <= %g h | wall-clock h | USD (on demand, + head) "
-          "| S3 traffic per node, MB/s (share of its link) | one driver, serial h | nodes before the driver "
-          "limits |" % args.hours)
-    print("|---|---|---|---|---|---|---|---|---|")
-    for work in workloads(costs, args.gpu_speedup):
-        core_hours = work["items"] * (work["network_s"] + work["other_s"]) / 3600
-        for instance in ("c6i.8xlarge", "g5.2xlarge"):
-            p = plan(work, instance, args.hours, args.gpu_speedup)
-            print(f"| {work['name']} | {instance} | {core_hours:.0f} | {p['nodes']} | {p['wall_h']:.1f} | "
-                  f"{p['usd']:.0f} | {p['node_mb_s']:.1f} ({100 * p['link_share']:.1f} %) | {p['driver_h']:.1f} | "
-                  f"{p['max_nodes']:.0f} |")
+    print("| workload | instance | core-hours (1 core) | budget h | nodes | wall-clock h | USD (on demand, + head) "
+          "| S3 per node, MB/s (share of its link) | one driver, serial h | bottleneck |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for hours in args.hours:
+        for work in workloads(costs, args.gpu_speedup):
+            core_hours = work["items"] * (work["network_s"] + work["other_s"]) / 3600
+            for instance in ("c6i.8xlarge", "g5.2xlarge"):
+                p = plan(work, instance, hours, args.gpu_speedup)
+                bottleneck = "the driver (one job)" if p["driver_h"] > p["wall_h"] else "compute"
+                print(f"| {work['name']} | {instance} | {core_hours:.0f} | {hours:g} | {p['nodes']} | {p['wall_h']:.1f} | "
+                      f"{p['usd']:.0f} | {p['node_mb_s']:.0f} ({100 * p['link_share']:.1f} %) | {p['driver_h']:.1f} | "
+                      f"{bottleneck} |")
     print(f"\nper-item costs used: {json.dumps({k: round(v, 10) for k, v in costs.items()})}; GPU speed-up "
           f"{args.gpu_speedup:g}x (assumed); parallel efficiency {EFFICIENCY}")
 

@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 JOB_TIMEOUT_S = 240
 SIZE, COUNT, SEED = 64, 2, 3
 GAPS = ("x:30:3", "y:30:3")  # a cross: every 32^3 chunk holds windows
-INPAINT = f"--gap {GAPS[0]} --gap {GAPS[1]} --chunk 32 --stride 8 --no-progress"
+STRIDE = 4  # 153 portions a volume: chunks long enough that a node is killed while its actor holds some
+INPAINT = f"--gap {GAPS[0]} --gap {GAPS[1]} --chunk 32 --stride {STRIDE} --no-progress"
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_inpaint_job_across_nodes_matches_the_single_process_inpainting(inpainte
     mask = gaps_to_mask(list(GAPS), (SIZE,) * 3)
     for index in range(COUNT):
         np.testing.assert_array_equal(out[index][~mask], sim[index][~mask])
-        expected, _ = inpaint_volume(sim[index], mask, network.eval(), stride=8)
+        expected, _ = inpaint_volume(sim[index], mask, network.eval(), stride=STRIDE)
         np.testing.assert_allclose(out[index], expected, rtol=1e-6, atol=1e-6 * float(expected.max()))
         assert not np.array_equal(out[index][mask], sim[index][mask])  # the gaps were filled
 
