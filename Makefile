@@ -37,6 +37,8 @@ bench: $(STAMP)  # each prints ratios measured side by side; together about an h
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/inpaint_scaling.py
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/labdct_denoise.py
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/labdct_index.py
+	RAY_AUTH_MODE=disabled $(PY) benchmarks/scaling_curves.py
+	RAY_AUTH_MODE=disabled $(PY) benchmarks/larger_than_memory.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
