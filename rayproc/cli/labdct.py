@@ -148,6 +148,35 @@ def calibrate(
     typer.echo(f"use: rayproc labdct synth {sim} {bg} OUT --i0 {i0:g} --spot-gain {report.gain:.3g}")
 
 
+@app.command("compare-real")
+def compare_real(
+    sim: Annotated[str, typer.Argument(help="Simulated frames: a synth store (its noisy input), a simulate store, "
+                                            "a TIFF folder or stack file.")],
+    real: Annotated[str, typer.Argument(help="Measured frames: TIFF folder, stack file or zarr store.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for realism.md, realism.json and realism.png.")],
+    sim_frames: Annotated[Optional[str], typer.Option(
+        "--sim-frames", help="START:STOP (0-based) of the simulated frames to use.")] = None,
+    real_frames: Annotated[Optional[str], typer.Option(
+        "--real-frames", help="START:STOP (0-based) of the real frames, e.g. 0:30 to calibrate, 30: to check.")] = None,
+    geometry: Annotated[Optional[str], typer.Option(
+        "--geometry", help="geometry.json of the real frames: beam centre and stop (default: REAL/geometry.json).")] = None,
+    storage_option: StorageOptions = None,
+):
+    """Realism report: spots, their shape and brightness, background and beam-stop edge, simulated vs real."""
+    from pathlib import Path
+
+    from rayproc.pipelines.labdct.compare_real import TOLERANCE, compare_real as run
+    from rayproc.storage import parse_storage_options
+
+    report = run(sim, real, out, sim_frames=sim_frames, real_frames=real_frames, geometry=geometry,
+                 storage_options=parse_storage_options(storage_option))
+    for row in report.rows:
+        typer.echo(f"  {row['quantity']:28s} sim {row['sim']:10.4g}  real {row['real']:10.4g}  {row['relative']:+7.1%}")
+    held = report.within_tolerance()
+    typer.echo("  within {:.0%}: {}".format(TOLERANCE, ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in held.items())))
+    typer.echo(f"{report.out}: {', '.join(Path(f).name for f in report.files)}")
+
+
 @app.command()
 def segment(
     source: Annotated[str, typer.Argument(
