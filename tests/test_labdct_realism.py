@@ -282,3 +282,42 @@ def test_detect_and_noise_map_reject_bad_input():
         local_noise_map(np.zeros((8, 8)))
     with pytest.raises(InputError):
         radial_profile(np.zeros((2, 4, 4)), (0, 0))
+
+
+# --- the report shell -------------------------------------------------------------------------------
+
+
+def _planted_stack(rng, n, size, spots_per_frame, scale=1):
+    """Poisson frames with round spots; ``scale`` repeats every pixel (a finer detector)."""
+    frames = np.empty((n, size, size), np.float32)
+    yy, xx = np.indices((size, size))
+    for f in range(n):
+        image = np.full((size, size), 300.0)
+        for _ in range(spots_per_frame):
+            py, px = rng.uniform(8, size - 8, 2)
+            image += 300.0 * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * 1.2**2))
+        frames[f] = rng.poisson(image)
+    return np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2) / scale**2
+
+
+def test_compare_real_bins_the_finer_stack_and_writes_table_json_and_figure(tmp_path):
+    from rayproc.pipelines.labdct.compare_real import compare_real
+
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "sim.npy", _planted_stack(rng, 6, 96, 8))
+    np.save(tmp_path / "real.npy", _planted_stack(rng, 8, 96, 4, scale=2))  # 192^2, binned 2x to 96^2
+    report = compare_real(str(tmp_path / "sim.npy"), str(tmp_path / "real.npy"), str(tmp_path / "report"),
+                          real_frames="1:7")
+    rows = {row["quantity"]: row for row in report.rows}
+    assert rows["spots_per_frame"]["sim"] == pytest.approx(8, abs=1) and rows["spots_per_frame"]["real"] == pytest.approx(4, abs=1)
+    assert rows["spots_per_frame"]["relative"] == pytest.approx(1.0, abs=0.4)
+    assert report.settings["real_binning"] == 2 and report.settings["real_frames"] == "1:7"
+    assert len(report.per_frame["real"]["spots"]) == 6
+    assert sorted(p.name for p in (tmp_path / "report").iterdir() if not p.name.startswith(".")) == [
+        "realism.json", "realism.md", "realism.png"]
+    assert "spots_per_frame (target: within 10 %)" in (tmp_path / "report" / "realism.md").read_text()
+    with pytest.raises(InputError, match="START:STOP"):
+        compare_real(str(tmp_path / "sim.npy"), str(tmp_path / "real.npy"), str(tmp_path / "r2"), real_frames="a")
+    np.save(tmp_path / "odd.npy", np.ones((6, 100, 100), np.float32))
+    with pytest.raises(InputError, match="integer binning"):
+        compare_real(str(tmp_path / "sim.npy"), str(tmp_path / "odd.npy"), str(tmp_path / "r3"))

@@ -24,6 +24,9 @@ def simulate(
     binning: Annotated[int, typer.Option("--binning", help="Detector binning factor (quick runs).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the polycrystal and the projections.")] = 0,
     psf: Annotated[float, typer.Option("--psf", help="Gaussian point-spread sigma (pixels).")] = 1.0,
+    physics: Annotated[Optional[str], typer.Option(
+        "--physics", help="Realism terms: a preset (fe_farfield, none) or JSON {term: value} of simulate_projection's "
+                          "keywords (px lengths for the unbinned detector); see `rayproc labdct compare-real`.")] = None,
     workers: Workers = 2,
     cpus: Cpus = None,
     address: Address = None,
@@ -36,7 +39,8 @@ def simulate(
     from rayproc.storage import parse_storage_options
 
     report = simulate_labdct(out, preset=preset, geometry=geometry, projections=projections, binning=binning,
-                             seed=seed, psf_sigma_px=psf, workers=workers, address=address, cpus=cpus,
+                             seed=seed, psf_sigma_px=psf, physics=_physics(physics), workers=workers, address=address,
+                             cpus=cpus,
                              storage_options=parse_storage_options(storage_option), overwrite=overwrite,
                              progress=progress)
     if report.status == "complete":
@@ -66,6 +70,28 @@ def background(
     typer.echo(f"{report.url}: background {report.frames} x {report.shape[0]} x {report.shape[1]} "
                f"({report.masked_fraction:.1%} of pixels masked as spots, {report.seconds:.1f} s)")
     typer.echo(written_line(report.url, parse_storage_options(storage_option)))
+
+
+def _physics(text: str | None) -> dict | None:
+    """``--physics``: a PHYSICS_PRESETS name, a JSON file or JSON text."""
+    import json
+    from pathlib import Path
+
+    from rayproc.errors import InputError
+    from rayproc.labdct.projection import PHYSICS_PRESETS
+
+    if text is None:
+        return None
+    if text in PHYSICS_PRESETS:
+        return dict(PHYSICS_PRESETS[text])
+    try:
+        value = json.loads(Path(text).read_text() if Path(text).is_file() else text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--physics must be one of {sorted(PHYSICS_PRESETS)} or JSON like "
+                         f"'{{\"mosaicity_deg\": 0.05}}'; got {text!r} ({exc.msg}).") from exc
+    if not isinstance(value, dict):
+        raise InputError(f"--physics JSON must be an object {{term: value}}; got {text!r}.")
+    return value
 
 
 def _gain(text: str) -> float | tuple[float, float]:

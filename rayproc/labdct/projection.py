@@ -50,6 +50,19 @@ SPOT_TABLE_KEYS = (
     "intensity",
     "energy_kev",
 )
+# Keyword arguments of simulate_projection that model the instrument beyond the published model
+# (issue 17: realism); all off by default.
+PHYSICS_KEYS = (
+    "psf_sigma_px",
+    "source_fwhm_um",
+    "mosaicity_deg",
+    "strain_rms",
+    "scintillator_depth",
+    "psf_tail_fraction",
+    "psf_tail_sigma_px",
+    "beam_stop_transmission_fraction",
+    "beam_stop_edge_px",
+)
 _ENERGY_GRID_POINTS = 512
 _PSF_TRUNCATE = 4.0
 
@@ -625,8 +638,38 @@ def simulate_projection(
     return image.astype(np.float32), label, spots
 
 
+# Realism terms of :func:`simulate_projection` fitted to the real far-field iron frames
+# (``benchmarks/labdct_realism_calibration.py``: frames 1-30 fitted, 31-41 checked); lengths in px of
+# the unbinned 1024^2 detector (:func:`physics_for_binning`). "none": the simulator's defaults.
+PHYSICS_PRESETS: dict[str, dict] = {
+    "none": {},
+    "fe_farfield": {
+        "psf_sigma_px": 0.4,  # scintillator blur, from the neighbour correlation of the frames' noise
+        "source_fwhm_um": 0.0,
+        "mosaicity_deg": 0.0,
+        "strain_rms": 1e-4,  # residual strain of annealed iron, order of magnitude (not fitted)
+        "scintillator_depth": True,
+        "beam_stop_transmission_fraction": 0.35,
+        "beam_stop_edge_px": 40.0,
+    },
+}
+_PIXEL_TERMS = ("psf_sigma_px", "psf_tail_sigma_px", "beam_stop_edge_px")
+
+
+def physics_for_binning(physics: dict, factor: int) -> dict:
+    """``physics`` (keyword arguments of :func:`simulate_projection`) on a detector binned ``factor``:
+    lengths in pixels divided by ``factor``."""
+    unknown = set(physics) - set(PHYSICS_KEYS)
+    if unknown:
+        raise InputError(f"unknown physics terms {sorted(unknown)}; expected some of {list(PHYSICS_KEYS)}.")
+    return {key: value / factor if key in _PIXEL_TERMS else value for key, value in physics.items()}
+
+
 __all__ = [
     "DEFAULT_FLUENCE",
+    "PHYSICS_KEYS",
+    "PHYSICS_PRESETS",
+    "physics_for_binning",
     "SPOT_TABLE_KEYS",
     "beam_stop_transmission",
     "cylinder_exit_distance",
