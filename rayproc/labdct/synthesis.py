@@ -26,6 +26,11 @@ from rayproc.labdct.standard_routine import log_spot_labels
 from rayproc.options import look_up_option
 
 MODES = ("poisson", "constant")
+# Detector of the real far-field iron frames (1024^2, frames 1-30; benchmarks/labdct_realism_calibration.py):
+# noise variance 0.88 E - 108 counts^2 between consecutive frames, neighbour correlation 0.088.
+FE_FARFIELD_DETECTOR = {"counts_per_photon": 1.23, "noise_psf_sigma_px": 0.40, "read_noise": 0.0}
+# Pixels far above their neighbours in most of those frames: share and mean excess (counts).
+FE_FARFIELD_HOT_PIXELS = {"fraction": 2.9e-4, "mean_counts": 384.0}
 
 
 def synthesize_input(
@@ -228,4 +233,4 @@ def detector_counts(
     return counts.astype(np.float32)
 
 
-__all__ = ["MODES", "detector_counts", "hot_pixel_map", "log_segmentation", "synthesize_input"]
+__all__ = ["FE_FARFIELD_DETECTOR", "FE_FARFIELD_HOT_PIXELS", "MODES", "detector_counts", "hot_pixel_map", "log_segmentation", "synthesize_input"]
