@@ -27,8 +27,9 @@ from rayproc.options import look_up_option
 
 MODES = ("poisson", "constant")
 # Detector of the real far-field iron frames (1024^2, frames 1-30; benchmarks/labdct_realism_calibration.py):
-# noise variance 0.88 E - 108 counts^2 between consecutive frames, neighbour correlation 0.088.
-FE_FARFIELD_DETECTOR = {"counts_per_photon": 1.23, "noise_psf_sigma_px": 0.40, "read_noise": 0.0}
+# noise variance 0.69 E counts^2 (a straight line gives 0.88 E - 108: no room for read noise), neighbour
+# correlation 0.088 (Gaussian blur sigma 0.40 px).
+FE_FARFIELD_DETECTOR = {"counts_per_photon": 0.97, "noise_psf_sigma_px": 0.40, "read_noise": 0.0}
 # Pixels far above their neighbours in most of those frames: share and mean excess (counts).
 FE_FARFIELD_HOT_PIXELS = {"fraction": 2.9e-4, "mean_counts": 384.0}
 
