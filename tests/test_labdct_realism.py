@@ -74,7 +74,7 @@ def radial_tangential_sigma(cov, geometry):
     radial = -np.asarray(geometry.beam_center_px)
     radial = radial / np.linalg.norm(radial)
     tangential = np.array([-radial[1], radial[0]])
-    return np.sqrt(radial @ cov @ radial), np.sqrt(tangential @ cov @ tangential)
+    return np.sqrt(max(radial @ cov @ radial, 0.0)), np.sqrt(max(tangential @ cov @ tangential, 0.0))
 
 
 def detector_jacobian(geometry):
