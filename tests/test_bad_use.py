@@ -203,6 +203,11 @@ CASES = [
          output="ev"),
     Case("labdct-train-not-a-synth-store", ["labdct", "train", "vol.zarr", "--out", "model", "--workers", "0"],
          "vol.zarr", output="model/config.json"),
+    # --- realism (issue 17) ------------------------------------------------------------------------
+    Case("labdct-compare-real-into-user-folder", ["labdct", "compare-real", "frames", "frames", "--out", "keep"],
+         "not made by rayproc"),
+    Case("labdct-simulate-bad-physics", ["labdct", "simulate", "sim.zarr", "--physics", "{\"mosaic\": 1}", *QUIET],
+         "unknown physics terms", output="sim.zarr"),
     # --- Ctrl-C ------------------------------------------------------------------------------------
     Case("simulate-ctrl-c", ["bcdi", "simulate", "sim.zarr", "--count", "40", "--size", "32", "--workers", "1",
                              *QUIET], "interrupted: ", code=130, interrupt_after_markers=2),

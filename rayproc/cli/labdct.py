@@ -24,6 +24,9 @@ def simulate(
     binning: Annotated[int, typer.Option("--binning", help="Detector binning factor (quick runs).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the polycrystal and the projections.")] = 0,
     psf: Annotated[float, typer.Option("--psf", help="Gaussian point-spread sigma (pixels).")] = 1.0,
+    physics: Annotated[Optional[str], typer.Option(
+        "--physics", help="Realism terms: a preset (fe_farfield, none) or JSON {term: value} of simulate_projection's "
+                          "keywords (px lengths for the unbinned detector); see `rayproc labdct compare-real`.")] = None,
     workers: Workers = 2,
     cpus: Cpus = None,
     address: Address = None,
@@ -36,7 +39,8 @@ def simulate(
     from rayproc.storage import parse_storage_options
 
     report = simulate_labdct(out, preset=preset, geometry=geometry, projections=projections, binning=binning,
-                             seed=seed, psf_sigma_px=psf, workers=workers, address=address, cpus=cpus,
+                             seed=seed, psf_sigma_px=psf, physics=_physics(physics), workers=workers, address=address,
+                             cpus=cpus,
                              storage_options=parse_storage_options(storage_option), overwrite=overwrite,
                              progress=progress)
     if report.status == "complete":
@@ -66,6 +70,28 @@ def background(
     typer.echo(f"{report.url}: background {report.frames} x {report.shape[0]} x {report.shape[1]} "
                f"({report.masked_fraction:.1%} of pixels masked as spots, {report.seconds:.1f} s)")
     typer.echo(written_line(report.url, parse_storage_options(storage_option)))
+
+
+def _physics(text: str | None) -> dict | None:
+    """``--physics``: a PHYSICS_PRESETS name, a JSON file or JSON text."""
+    import json
+    from pathlib import Path
+
+    from rayproc.errors import InputError
+    from rayproc.labdct.projection import PHYSICS_PRESETS
+
+    if text is None:
+        return None
+    if text in PHYSICS_PRESETS:
+        return dict(PHYSICS_PRESETS[text])
+    try:
+        value = json.loads(Path(text).read_text() if Path(text).is_file() else text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--physics must be one of {sorted(PHYSICS_PRESETS)} or JSON like "
+                         f"'{{\"mosaicity_deg\": 0.05}}'; got {text!r} ({exc.msg}).") from exc
+    if not isinstance(value, dict):
+        raise InputError(f"--physics JSON must be an object {{term: value}}; got {text!r}.")
+    return value
 
 
 def _gain(text: str) -> float | tuple[float, float]:
@@ -146,6 +172,35 @@ def calibrate(
     if out:
         Path(out).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     typer.echo(f"use: rayproc labdct synth {sim} {bg} OUT --i0 {i0:g} --spot-gain {report.gain:.3g}")
+
+
+@app.command("compare-real")
+def compare_real(
+    sim: Annotated[str, typer.Argument(help="Simulated frames: a synth store (its noisy input), a simulate store, "
+                                            "a TIFF folder or stack file.")],
+    real: Annotated[str, typer.Argument(help="Measured frames: TIFF folder, stack file or zarr store.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for realism.md, realism.json and realism.png.")],
+    sim_frames: Annotated[Optional[str], typer.Option(
+        "--sim-frames", help="START:STOP (0-based) of the simulated frames to use.")] = None,
+    real_frames: Annotated[Optional[str], typer.Option(
+        "--real-frames", help="START:STOP (0-based) of the real frames, e.g. 0:30 to calibrate, 30: to check.")] = None,
+    geometry: Annotated[Optional[str], typer.Option(
+        "--geometry", help="geometry.json of the real frames: beam centre and stop (default: REAL/geometry.json).")] = None,
+    storage_option: StorageOptions = None,
+):
+    """Realism report: spots, their shape and brightness, background and beam-stop edge, simulated vs real."""
+    from pathlib import Path
+
+    from rayproc.pipelines.labdct.compare_real import TOLERANCE, compare_real as run
+    from rayproc.storage import parse_storage_options
+
+    report = run(sim, real, out, sim_frames=sim_frames, real_frames=real_frames, geometry=geometry,
+                 storage_options=parse_storage_options(storage_option))
+    for row in report.rows:
+        typer.echo(f"  {row['quantity']:28s} sim {row['sim']:10.4g}  real {row['real']:10.4g}  {row['relative']:+7.1%}")
+    held = report.within_tolerance()
+    typer.echo("  within {:.0%}: {}".format(TOLERANCE, ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in held.items())))
+    typer.echo(f"{report.out}: {', '.join(Path(f).name for f in report.files)}")
 
 
 @app.command()

@@ -10,7 +10,7 @@ condition), :mod:`~rayproc.labdct.projection` (a projection and its spot table);
 :mod:`~rayproc.labdct.network`; segmentation and scores: :mod:`~rayproc.labdct.standard_routine`,
 :mod:`~rayproc.labdct.denoise`, :mod:`~rayproc.labdct.detector_masks` (hot pixels, beam stop),
 :mod:`~rayproc.labdct.spots`, :mod:`~rayproc.labdct.evaluation`; grains from spots:
-:mod:`~rayproc.labdct.indexing`.
+:mod:`~rayproc.labdct.indexing`; realism of simulated vs real frames: :mod:`~rayproc.labdct.realism`.
 The shells are in :mod:`rayproc.pipelines.labdct`.
 """
 
@@ -51,7 +51,14 @@ _EXPORTS = {
         'Polycrystal', 'PolycrystalSpec', 'cylinder_voxels', 'grain_centroids', 'make_polycrystal',
         'orientation_matrices', 'random_orientations', 'read_grain_map',
     ], 'polycrystal'),
-    **dict.fromkeys(['cylinder_exit_distance', 'simulate_projection'], 'projection'),
+    **dict.fromkeys([
+        'PHYSICS_PRESETS', 'beam_stop_transmission', 'cylinder_exit_distance', 'physics_for_binning',
+        'simulate_projection',
+    ], 'projection'),
+    **dict.fromkeys([
+        'beamstop_edge_profile', 'compare_summaries', 'detect_spots', 'local_noise_map', 'normalise_frame_flux',
+        'radial_profile', 'realism_summary', 'spot_measurements',
+    ], 'realism'),
     **dict.fromkeys(['tube_spectrum'], 'spectrum'),
     **dict.fromkeys(['label_spots', 'match_spots', 'number_per_frame', 'pixel_iou', 'recall_by_snr', 'spot_table'],
                     'spots'),
@@ -60,7 +67,7 @@ _EXPORTS = {
         'StandardRoutineParams', 'log_spot_labels', 'residual_noise', 'robust_noise', 'rolling_median_subtract',
         'standard_routine', 'tune_standard_routine',
     ], 'standard_routine'),
-    **dict.fromkeys(['log_segmentation', 'synthesize_input'], 'synthesis'),
+    **dict.fromkeys(['detector_counts', 'hot_pixel_map', 'log_segmentation', 'synthesize_input'], 'synthesis'),
     **dict.fromkeys(['TileDataset', 'training_pair'], 'tiles'),
 }
 

@@ -50,6 +50,19 @@ SPOT_TABLE_KEYS = (
     "intensity",
     "energy_kev",
 )
+# Keyword arguments of simulate_projection that model the instrument beyond the published model
+# (issue 17: realism); all off by default.
+PHYSICS_KEYS = (
+    "psf_sigma_px",
+    "source_fwhm_um",
+    "mosaicity_deg",
+    "strain_rms",
+    "scintillator_depth",
+    "psf_tail_fraction",
+    "psf_tail_sigma_px",
+    "beam_stop_transmission_fraction",
+    "beam_stop_edge_px",
+)
 _ENERGY_GRID_POINTS = 512
 _PSF_TRUNCATE = 4.0
 
@@ -132,13 +145,15 @@ def _candidate_pairs(
     d_spacings: np.ndarray,
     geometry: LabdctGeometry,
     margin_px: float,
+    spread_rad: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(grain, reflection) pairs that can diffract onto the detector, judged at grain centroids.
 
     The incident direction varies across a grain by at most its angular radius
     seen from the source, which bounds the change of sin(theta) and of the
     diffracted direction; pairs are kept if the window and the detector (grown
-    by ``margin_px`` and twice that bound) are within reach.
+    by ``margin_px`` and twice that bound) are within reach. ``spread_rad`` bounds any
+    further tilt of the lattice planes or incident rays (mosaicity, strain, source size).
     """
     n_grains = sample.n_grains
     centroids = grain_centroids(lab_positions, sample.grain_ids, n_grains)
@@ -147,7 +162,7 @@ def _candidate_pairs(
     np.maximum.at(radius, sample.grain_ids, spread)
     radius += sample.voxel_mm  # voxel jitter
     source_distance = np.linalg.norm(centroids - geometry.source_mm, axis=1)
-    delta = np.minimum(radius / np.maximum(source_distance - radius, 1e-9), 1.0)
+    delta = np.minimum(radius / np.maximum(source_distance - radius, 1e-9) + spread_rad, 1.0)
 
     k_centre = incident_directions(centroids, geometry.source_mm)
     g_hat = _unit(g_lab)
@@ -168,7 +183,7 @@ def _candidate_pairs(
     corners = [geometry.px_to_mm(cy, cz) for cy in (0, ny) for cz in (0, nz)]
     far = max(np.linalg.norm(origin + cy * e_y + cz * e_z) for cy, cz in corners) + sample.diameter_mm
     reach_px = 2 * radius[grain] * (1 + far / np.maximum(source_distance[grain] - radius[grain], 1e-9))
-    reach_px = reach_px / geometry.pixel_size_mm + margin_px + 2
+    reach_px = (reach_px + 4 * spread_rad * far) / geometry.pixel_size_mm + margin_px + 2
     on_detector = (
         np.isfinite(path)
         & (y_px > -reach_px)
@@ -198,18 +213,83 @@ def _pair_chunks(pair_grain: np.ndarray, sample: Polycrystal, chunk_size: int):
         first = last
 
 
-def _render(hits: dict, n_spots: int, geometry: LabdctGeometry, psf_sigma_px: float, label_threshold: float):
-    """Deposit hits bilinearly per spot, blur, mask the beam stop and label each pixel's strongest spot."""
+def beam_stop_transmission(geometry: LabdctGeometry, *, transmission: float = 0.0, edge_px: float = 0.0) -> np.ndarray:
+    """Fraction of the light that reaches each pixel past the beam stop, (ny, nz).
+
+    ``1 - (1 - transmission) * G_edge * box``: the stop's box (``geometry.beam_stop_px``)
+    transmits ``transmission`` and its edge is blurred by a Gaussian of sigma ``edge_px``
+    (penumbra of a finite source and of a stop standing in front of the detector). With the
+    defaults, 0 under the stop and 1 elsewhere (a hard, opaque stop).
+    """
+    if not 0 <= transmission <= 1 or edge_px < 0:
+        raise InputError(f"need 0 <= transmission <= 1 and edge_px >= 0; got {transmission}, {edge_px}.")
+    box = geometry.beam_stop_mask().astype(np.float64)
+    if edge_px > 0:
+        box = gaussian_filter(box, edge_px, mode="nearest")
+    return 1.0 - (1.0 - transmission) * box
+
+
+def _sigma_from_fwhm(fwhm) -> np.ndarray:
+    return np.broadcast_to(np.asarray(fwhm, dtype=np.float64), (2,)) / (2 * np.sqrt(2 * np.log(2)))
+
+
+def _perturbed_g(g: np.ndarray, rotation: np.ndarray | None, strain: np.ndarray | None) -> np.ndarray:
+    """Scattering vectors of a locally rotated (first order, ``g + w x g``, norm kept) and
+    strained (``(I - eps) g``, eps symmetric) lattice, (N, 3)."""
+    if rotation is not None:
+        norm = np.linalg.norm(g, axis=1, keepdims=True)
+        g = g + np.cross(rotation, g)
+        g = g * norm / np.linalg.norm(g, axis=1, keepdims=True)
+    if strain is not None:
+        g = g - np.einsum("nij,nj->ni", strain, g)
+    return g
+
+
+def _voxel_strains(rng, n: int, rms: float) -> np.ndarray:
+    """Symmetric strain tensors (n, 3, 3), each independent component normal with std ``rms``."""
+    a = rng.normal(0.0, rms, (n, 3, 3))
+    return np.triu(a) + np.swapaxes(np.triu(a, 1), 1, 2)
+
+
+def _absorption_depth_shift(y_mm, z_mm, k_out, energy, generator, tables, geometry, e_y, e_z, normal):
+    """Detector coordinates of rays absorbed at a random depth of the scintillator.
+
+    The path ``s`` along the ray inside the scintillator (thickness ``t``, attenuation
+    ``mu(E)``, incidence cosine ``c = k . n``) is drawn from the truncated exponential
+    ``p(s) ~ mu exp(-mu s)`` on ``[0, t / c]``; the absorption point lies ``s`` further along
+    the ray, i.e. shifted in the detector plane by ``s (k . e_y, k . e_z)``.
+    """
+    mu = np.interp(energy, tables["grid"], tables["mu_scintillator"])  # 1/mm
+    cos_incidence = k_out @ normal
+    longest = 1e-3 * geometry.scintillator_thickness_um / cos_incidence
+    u = generator.uniform(0.0, 1.0, len(energy))
+    path = -np.log1p(u * np.expm1(-mu * longest)) / mu
+    return y_mm + path * (k_out @ e_y), z_mm + path * (k_out @ e_z)
+
+
+def _render(
+    hits: dict,
+    n_spots: int,
+    geometry: LabdctGeometry,
+    psf_sigma_px: float,
+    label_threshold: float,
+    transmission: np.ndarray,
+    psf_tail: tuple[float, float] = (0.0, 0.0),
+):
+    """Deposit hits bilinearly per spot, blur, attenuate by the beam stop's transmission map and
+    label each pixel's strongest spot. ``psf_tail = (fraction, sigma_px)`` moves that fraction
+    of each spot's light into a second, wider Gaussian."""
     ny, nz = geometry.detector_shape
     image = np.zeros((ny, nz), dtype=np.float64)
     strongest = np.zeros((ny, nz), dtype=np.float64)
     label = np.zeros((ny, nz), dtype=np.int32)
-    stop = geometry.beam_stop_mask()
     visible = np.zeros(n_spots, dtype=bool)
     total = np.zeros(n_spots)
     moment_y = np.zeros(n_spots)
     moment_z = np.zeros(n_spots)
-    margin = int(np.ceil(_PSF_TRUNCATE * psf_sigma_px)) + 1
+    tail_fraction, tail_sigma = psf_tail
+    widest = max(psf_sigma_px, tail_sigma if tail_fraction > 0 else 0.0)
+    margin = int(np.ceil(_PSF_TRUNCATE * widest)) + 1
 
     order = np.argsort(hits["spot"], kind="stable")
     spot_sorted = hits["spot"][order]
@@ -229,13 +309,17 @@ def _render(hits: dict, n_spots: int, geometry: LabdctGeometry, psf_sigma_px: fl
             for dz, wz in ((0, 1 - fz), (1, fz)):
                 patch += np.bincount((ly + dy) * shape[1] + lz + dz, w[s] * wy * wz, patch.size)
         patch = patch.reshape(shape)
+        if tail_fraction > 0:
+            tail = gaussian_filter(patch, tail_sigma, mode="constant", truncate=_PSF_TRUNCATE)
         if psf_sigma_px > 0:
             patch = gaussian_filter(patch, psf_sigma_px, mode="constant", truncate=_PSF_TRUNCATE)
+        if tail_fraction > 0:
+            patch = (1 - tail_fraction) * patch + tail_fraction * tail
         ya, za = max(y0, 0), max(z0, 0)
         yb, zb = min(y0 + shape[0], ny), min(z0 + shape[1], nz)
         if ya >= yb or za >= zb:
             continue
-        patch = patch[ya - y0 : yb - y0, za - z0 : zb - z0] * ~stop[ya:yb, za:zb]
+        patch = patch[ya - y0 : yb - y0, za - z0 : zb - z0] * transmission[ya:yb, za:zb]
         spot_total = patch.sum()
         if spot_total <= 0:
             continue
@@ -265,6 +349,14 @@ def simulate_projection(
     label_threshold: float = 0.05,
     anomalous: bool = False,
     chunk_size: int = 1 << 17,
+    source_fwhm_um: float | tuple[float, float] = 0.0,
+    mosaicity_deg: float = 0.0,
+    strain_rms: float = 0.0,
+    scintillator_depth: bool = False,
+    psf_tail_fraction: float = 0.0,
+    psf_tail_sigma_px: float = 0.0,
+    beam_stop_transmission_fraction: float = 0.0,
+    beam_stop_edge_px: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Simulate the diffraction-spot image of a polycrystal at one rotation angle.
 
@@ -300,6 +392,39 @@ def simulate_projection(
         Include f'(E), f''(E) in the structure factors.
     chunk_size : int
         Voxel-reflection evaluations per vectorised chunk (bounds memory).
+    source_fwhm_um : float or (float, float)
+        Focal-spot size of the X-ray source, Gaussian FWHM (um) along lab (y, z); 0: a point
+        source. Every voxel-reflection evaluation starts from its own source point, so a
+        point grain images the focal spot, magnified by (grain to detector) / (source to
+        grain) along the ray: the penumbral blur of cone-beam imaging [2]_.
+    mosaicity_deg : float
+        Intra-grain orientation spread: each voxel's lattice is turned by a rotation vector
+        with independent normal components of this standard deviation (deg). A tilt of the
+        planes by delta turns the diffracted ray by 2 delta in the scattering plane but only
+        about 2 sin(theta) delta across it, so spots streak radially (ratio about
+        1 / (sin(theta) cos(2 theta)) for a flat detector normal to the beam).
+    strain_rms : float
+        Elastic strain spread: each voxel's lattice is strained by a symmetric tensor with
+        independent normal components of this standard deviation; g becomes (I - eps) g,
+        which tilts the planes (deviatoric part) and shifts the Bragg energy (in Laue
+        diffraction the dilatation moves no spot).
+    scintillator_depth : bool
+        Absorb each ray at a depth drawn from its energy's attenuation in the scintillator
+        (truncated exponential over ``geometry.scintillator_thickness_um``) instead of at the
+        front face: oblique rays are displaced along their in-plane direction (radially) by
+        depth x tan(incidence), so the spread in energy along the rays of a spot, and the
+        thickness of the scintillator, streak spots radially (parallax of depth of interaction).
+    psf_tail_fraction, psf_tail_sigma_px : float
+        Long-range part of the scintillator/detector point-spread function: this fraction of
+        each spot's light is spread by a Gaussian of sigma ``psf_tail_sigma_px`` instead of
+        ``psf_sigma_px`` (light scattered in the scintillator and the optics).
+    beam_stop_transmission_fraction, beam_stop_edge_px : float
+        Finite beam stop: its transmission (0: opaque) and the Gaussian sigma (px) of its
+        edge (:func:`beam_stop_transmission`); spots and ``background`` are multiplied by
+        the resulting map. Defaults: a hard, opaque stop (zero under it).
+
+    All the random physics terms draw from ``rng`` (after the voxel jitter); with ``rng`` None
+    they use a generator seeded with 0.
 
     Returns
     -------
@@ -331,10 +456,25 @@ def simulate_projection(
     lengths inside the sample cylinder, and the last factor the scintillator
     absorption at incidence angle alpha. Each hit is deposited bilinearly at its
     sub-pixel position, each spot is blurred by the Gaussian PSF, ``background``
-    is added and the beam stop set to 0.
+    is added and the beam stop set to 0 (or attenuated, ``beam_stop_*``).
+
+    References
+    ----------
+    .. [2] H. Fang, D. Juul Jensen and Y. Zhang, "Improved grain mapping by laboratory X-ray
+       diffraction contrast tomography", IUCrJ 8 (2021) 559-573,
+       doi:10.1107/S2052252521003730 (finite source size and grain mosaicity in the forward
+       model).
     """
     if not isinstance(sample, Polycrystal):
         raise InputError(f"sample must be a Polycrystal; got {type(sample).__name__}.")
+    source_sigma_mm = 1e-3 * _sigma_from_fwhm(source_fwhm_um)
+    if (source_sigma_mm < 0).any() or mosaicity_deg < 0 or strain_rms < 0 or psf_tail_sigma_px < 0 or not (
+        0 <= psf_tail_fraction <= 1
+    ):
+        raise InputError(
+            f"need source_fwhm_um, mosaicity_deg, strain_rms, psf_tail_sigma_px >= 0 and 0 <= psf_tail_fraction <= 1; "
+            f"got {source_fwhm_um}, {mosaicity_deg}, {strain_rms}, {psf_tail_sigma_px}, {psf_tail_fraction}."
+        )
     if psf_sigma_px < 0 or fluence <= 0 or not 0 <= label_threshold < 1:
         raise InputError(
             f"need psf_sigma_px >= 0, fluence > 0, 0 <= label_threshold < 1; got {psf_sigma_px}, "
@@ -351,37 +491,64 @@ def simulate_projection(
 
     rotation = rotation_z(omega_deg)
     positions = sample.positions_mm
+    generator = np.random.default_rng(0 if rng is None else rng)
     if rng is not None:
-        jitter = np.random.default_rng(rng).uniform(-0.5, 0.5, positions.shape)
+        jitter = generator.uniform(-0.5, 0.5, positions.shape)
         positions = positions + sample.voxel_mm * jitter
+    # lattice of each voxel: orientation spread (rotation vector, sample frame) and strain
+    voxel_rotation = voxel_strain = None
+    if mosaicity_deg > 0:
+        voxel_rotation = generator.normal(0.0, np.deg2rad(mosaicity_deg), positions.shape) @ rotation.T
+    if strain_rms > 0:
+        voxel_strain = _voxel_strains(generator, len(positions), strain_rms)
+        voxel_strain = np.einsum("ij,njk,lk->nil", rotation, voxel_strain, rotation)
+    spread_rad = 4 * np.deg2rad(mosaicity_deg) + 4 * strain_rms + 4 * source_sigma_mm.max() / geometry.lss_mm
     lab_positions = positions @ rotation.T
     g_lab = np.einsum("ij,gjk,rk->gri", rotation, sample.orientations, reflections.g_crystal)
     d_spacings = reflections.d_angstrom
-    margin = _PSF_TRUNCATE * psf_sigma_px + 1
-    pair_grain, pair_refl = _candidate_pairs(sample, lab_positions, g_lab, d_spacings, geometry, margin)
+    widest_psf = max(psf_sigma_px, psf_tail_sigma_px if psf_tail_fraction > 0 else 0.0)
+    margin = _PSF_TRUNCATE * widest_psf + 1
+    if scintillator_depth:  # parallax reaches at most thickness x tan(incidence)
+        margin += 1e-3 * geometry.scintillator_thickness_um * 3 / geometry.pixel_size_mm
+    pair_grain, pair_refl = _candidate_pairs(
+        sample, lab_positions, g_lab, d_spacings, geometry, margin, spread_rad
+    )
     pair_g = g_lab[pair_grain, pair_refl]
 
     material = reflections.material
     scale = fluence * R_ELECTRON_MM**2 * (1e21 * sample.voxel_mm**3) / material.cell_volume_a3**2
     ny, nz = geometry.detector_shape
-    _, _, _, normal = geometry.detector_frame()
+    _, e_y, e_z, normal = geometry.detector_frame()
     grid = tables["grid"]
     parts = []
     for pair, voxel in _pair_chunks(pair_grain, sample, chunk_size):
         points = lab_positions[voxel]
-        g = pair_g[pair]
-        k_in = incident_directions(points, geometry.source_mm)
+        g = _perturbed_g(
+            pair_g[pair],
+            None if voxel_rotation is None else voxel_rotation[voxel],
+            None if voxel_strain is None else voxel_strain[voxel],
+        )
+        source = np.broadcast_to(geometry.source_mm, points.shape)
+        if source_sigma_mm.max() > 0:
+            source = source + np.column_stack(
+                [np.zeros(len(points)), generator.normal(0.0, 1.0, (len(points), 2)) * source_sigma_mm]
+            )
+        k_in = _unit(points - source)
         sin_theta, energy = bragg_energies(k_in, g)
         keep = (energy >= grid[0]) & (energy <= grid[-1])
-        points, g, k_in, sin_theta, energy, pair = (
-            a[keep] for a in (points, g, k_in, sin_theta, energy, pair)
+        points, g, k_in, sin_theta, energy, pair, source = (
+            a[keep] for a in (points, g, k_in, sin_theta, energy, pair, source)
         )
         k_out = diffracted_directions(k_in, g)
         y_mm, z_mm, _ = detector_intersection(points, k_out, geometry)
+        if scintillator_depth:
+            y_mm, z_mm = _absorption_depth_shift(
+                y_mm, z_mm, k_out, energy, generator, tables, geometry, e_y, e_z, normal
+            )
         y_px, z_px = geometry.mm_to_px(y_mm, z_mm)
         keep = (y_px > -margin) & (y_px < ny - 1 + margin) & (z_px > -margin) & (z_px < nz - 1 + margin)
-        points, k_in, k_out, sin_theta, energy, pair, y_px, z_px = (
-            a[keep] for a in (points, k_in, k_out, sin_theta, energy, pair, y_px, z_px)
+        points, k_in, k_out, sin_theta, energy, pair, y_px, z_px, source = (
+            a[keep] for a in (points, k_in, k_out, sin_theta, energy, pair, y_px, z_px, source)
         )
         wavelength = HC_KEV_ANGSTROM / energy
         cos_2theta = 1 - 2 * sin_theta**2
@@ -389,7 +556,7 @@ def simulate_projection(
         polarisation = (1 + cos_2theta**2) / 2
         path = cylinder_exit_distance(points, -k_in, sample.diameter_mm, sample.height_mm)
         path += cylinder_exit_distance(points, k_out, sample.diameter_mm, sample.height_mm)
-        source_distance_sq = ((points - geometry.source_mm) ** 2).sum(axis=1)
+        source_distance_sq = ((points - source) ** 2).sum(axis=1)
         if anomalous:
             f_sq = _interp_rows(tables["f_sq"], pair_refl[pair], grid, energy)
         else:
@@ -425,8 +592,12 @@ def simulate_projection(
     pair_spot = pair_spot.ravel()
     n_spots = len(spot_keys)
     hits = {"spot": pair_spot[pair], "y_px": y_px, "z_px": z_px, "intensity": intensity}
+    transmission = beam_stop_transmission(
+        geometry, transmission=beam_stop_transmission_fraction, edge_px=beam_stop_edge_px
+    )
     image, label, visible, total, moment_y, moment_z = _render(
-        hits, n_spots, geometry, psf_sigma_px, label_threshold
+        hits, n_spots, geometry, psf_sigma_px, label_threshold, transmission,
+        (psf_tail_fraction, psf_tail_sigma_px),
     )
 
     # the order (pair) giving most intensity names each spot's hkl and energy
@@ -463,9 +634,53 @@ def simulate_projection(
         "intensity": total[visible],
         "energy_kev": pair_energy[best],
     }
-    image += background
-    image[geometry.beam_stop_mask()] = 0.0
+    image += background * transmission
     return image.astype(np.float32), label, spots
 
 
-__all__ = ["DEFAULT_FLUENCE", "SPOT_TABLE_KEYS", "cylinder_exit_distance", "simulate_projection"]
+# Realism terms of :func:`simulate_projection` fitted to the real far-field iron frames
+# (``benchmarks/labdct_realism_calibration.py``: frames 1-30 fitted, 31-41 checked; README "Simulated
+# vs real LabDCT frames"); lengths in px of the unbinned 1024^2 detector (:func:`physics_for_binning`).
+# "fe_farfield" is for spots laid on real backgrounds (`rayproc labdct synth`): the real background
+# carries the beam stop's shadow, so the stop stays opaque and hard there; "fe_farfield_standalone"
+# adds the fitted finite stop for a simulation on its own. "none": the published model's defaults.
+_FE_FARFIELD = {
+    "psf_sigma_px": 0.4,  # scintillator blur: neighbour correlation of the frames' noise (0.088)
+    # focal spot, grid 60/120/180 um x mosaicity 0/0.01 deg, spot gain matched to the spot count: an
+    # effective isotropic spot blur (larger than a typical lab focal spot; degenerate with a PSF tail)
+    "source_fwhm_um": 120.0,
+    "mosaicity_deg": 0.0,  # best on the grid; 0.05 deg doubles the 90th percentile of radial/tangential
+    "strain_rms": 1e-4,  # residual elastic strain of annealed iron, order of magnitude (not fitted)
+    "scintillator_depth": True,  # 150 um CsI (geometry), depth of interaction from mu(E)
+}
+PHYSICS_PRESETS: dict[str, dict] = {
+    "none": {},
+    "fe_farfield": dict(_FE_FARFIELD),
+    "fe_farfield_standalone": {
+        **_FE_FARFIELD,
+        "beam_stop_transmission_fraction": 0.4,  # edge profile of the real background (frames 1-30)
+        "beam_stop_edge_px": 30.0,
+    },
+}
+_PIXEL_TERMS = ("psf_sigma_px", "psf_tail_sigma_px", "beam_stop_edge_px")
+
+
+def physics_for_binning(physics: dict, factor: int) -> dict:
+    """``physics`` (keyword arguments of :func:`simulate_projection`) on a detector binned ``factor``:
+    lengths in pixels divided by ``factor``."""
+    unknown = set(physics) - set(PHYSICS_KEYS)
+    if unknown:
+        raise InputError(f"unknown physics terms {sorted(unknown)}; expected some of {list(PHYSICS_KEYS)}.")
+    return {key: value / factor if key in _PIXEL_TERMS else value for key, value in physics.items()}
+
+
+__all__ = [
+    "DEFAULT_FLUENCE",
+    "PHYSICS_KEYS",
+    "PHYSICS_PRESETS",
+    "physics_for_binning",
+    "SPOT_TABLE_KEYS",
+    "beam_stop_transmission",
+    "cylinder_exit_distance",
+    "simulate_projection",
+]

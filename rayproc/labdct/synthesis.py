@@ -26,6 +26,12 @@ from rayproc.labdct.standard_routine import log_spot_labels
 from rayproc.options import look_up_option
 
 MODES = ("poisson", "constant")
+# Detector of the real far-field iron frames (1024^2, frames 1-30; benchmarks/labdct_realism_calibration.py):
+# noise variance 0.69 E counts^2 (a straight line gives 0.88 E - 108: no room for read noise), neighbour
+# correlation 0.088 (Gaussian blur sigma 0.40 px).
+FE_FARFIELD_DETECTOR = {"counts_per_photon": 0.97, "noise_psf_sigma_px": 0.40, "read_noise": 0.0}
+# Pixels far above their neighbours in most of those frames: share and mean excess (counts).
+FE_FARFIELD_HOT_PIXELS = {"fraction": 2.9e-4, "mean_counts": 384.0}
 
 
 def synthesize_input(
@@ -158,4 +164,74 @@ def log_segmentation(
     return np.where(labels > 0, 255, 0).astype(np.uint8)
 
 
-__all__ = ["MODES", "log_segmentation", "synthesize_input"]
+def hot_pixel_map(shape, rng=None, *, fraction: float = 0.0, mean_counts: float = 0.0) -> np.ndarray:
+    """Fixed-pattern hot pixels of a detector: additive offsets, (H, W) float32.
+
+    A ``fraction`` of the pixels, drawn at random, carries an offset drawn from an
+    exponential distribution of mean ``mean_counts``; the rest 0. Draw it once per detector
+    (one seed for a whole stack): hot pixels stay where they are from frame to frame.
+    """
+    if not 0 <= fraction <= 1 or mean_counts < 0:
+        raise InputError(f"need 0 <= fraction <= 1 and mean_counts >= 0; got {fraction!r}, {mean_counts!r} instead.")
+    rng = np.random.default_rng(rng)
+    hot = rng.random(shape) < fraction
+    return np.where(hot, rng.exponential(mean_counts if mean_counts > 0 else 1.0, shape) * (mean_counts > 0), 0.0
+                    ).astype(np.float32)
+
+
+def detector_counts(
+    expected,
+    rng=None,
+    *,
+    counts_per_photon: float,
+    noise_psf_sigma_px: float = 0.0,
+    read_noise: float = 0.0,
+    hot_pixels=None,
+) -> np.ndarray:
+    """A detector frame from its expected counts: photon noise, scintillator blur, read noise, hot pixels.
+
+    ``x = c * (K_psf * Poisson(E / c)) + N(0, read_noise^2) + hot``, with ``c`` the counts per
+    absorbed photon. The scintillator spreads each photon's light over neighbouring pixels,
+    so the photon noise is correlated between neighbours (the Gaussian ``K_psf`` of sigma
+    ``noise_psf_sigma_px``) and its per-pixel variance is ``c E`` times the sum of the
+    squared kernel (``1 / (4 pi sigma^2)`` for a wide Gaussian). Spots simulated with their
+    own PSF (``simulate_projection(psf_sigma_px=...)``) are blurred once more here.
+
+    Parameters
+    ----------
+    expected : array_like, shape (H, W) or (N, H, W)
+        Expected counts per pixel (spots plus background), >= 0 (negatives are clipped).
+    rng : numpy.random.Generator or int, optional
+    counts_per_photon : float
+        Detector gain ``c`` (> 0).
+    noise_psf_sigma_px : float
+        Gaussian sigma (px) of the scintillator blur applied after the photon noise.
+    read_noise : float
+        Standard deviation of the additive Gaussian read noise (counts).
+    hot_pixels : array_like, shape (H, W), optional
+        Fixed offsets (:func:`hot_pixel_map`) added to every frame.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape of ``expected``
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if not counts_per_photon > 0 or noise_psf_sigma_px < 0 or read_noise < 0:
+        raise InputError(f"need counts_per_photon > 0, noise_psf_sigma_px >= 0, read_noise >= 0; got "
+                         f"{counts_per_photon!r}, {noise_psf_sigma_px!r}, {read_noise!r} instead.")
+    expected = np.clip(np.asarray(expected, dtype=np.float64), 0, None)
+    rng = np.random.default_rng(rng)
+    photons = rng.poisson(expected / counts_per_photon).astype(np.float64)
+    if noise_psf_sigma_px > 0:
+        width = (0,) * (photons.ndim - 2) + (noise_psf_sigma_px, noise_psf_sigma_px)
+        photons = gaussian_filter(photons, width, mode="nearest")
+    counts = counts_per_photon * photons
+    if read_noise > 0:
+        counts += rng.normal(0.0, read_noise, counts.shape)
+    if hot_pixels is not None:
+        counts += np.asarray(hot_pixels, dtype=np.float64)
+    return counts.astype(np.float32)
+
+
+__all__ = ["FE_FARFIELD_DETECTOR", "FE_FARFIELD_HOT_PIXELS", "MODES", "detector_counts", "hot_pixel_map", "log_segmentation", "synthesize_input"]

@@ -19,7 +19,7 @@ import xarray as xr
 
 from rayproc.errors import InputError
 from rayproc.labdct.geometry import GEOMETRY_PRESETS, LabdctGeometry, geometry_from_json
-from rayproc.labdct.projection import SPOT_TABLE_KEYS, simulate_projection
+from rayproc.labdct.projection import SPOT_TABLE_KEYS, physics_for_binning, simulate_projection
 from rayproc.labdct.polycrystal import POLYCRYSTAL_PRESETS, Polycrystal, make_polycrystal
 from rayproc.labdct.spectrum import tube_spectrum
 from rayproc.options import look_up_option
@@ -129,6 +129,7 @@ def simulate_labdct(
     psf_sigma_px: float = 1.0,
     background: float = PUBLISHED_BACKGROUND,
     voxel_um: float | None = None,
+    physics: dict | None = None,
     address: str | None = None,
     cpus: int | None = None,
     storage_options: dict | None = None,
@@ -137,8 +138,17 @@ def simulate_labdct(
     command: str | None = None,
     on_start=None,
 ) -> LabdctSimulationReport:
-    """Simulate a LabDCT projection stack of a ``preset`` polycrystal into the store ``out``."""
+    """Simulate a LabDCT projection stack of a ``preset`` polycrystal into the store ``out``.
+
+    ``physics``: further keyword arguments of :func:`rayproc.labdct.projection.simulate_projection`
+    (focal spot, mosaicity, strain, scintillator depth, PSF tail, beam stop), e.g.
+    ``PHYSICS_PRESETS["fe_farfield"]``; lengths in pixels are given for the unbinned detector
+    and divided by ``binning`` here.
+    """
     preset = look_up_option(preset, POLYCRYSTAL_PRESETS, name="preset")
+    physics = physics_for_binning(physics or {}, binning)
+    if "psf_sigma_px" in physics:
+        psf_sigma_px = physics.pop("psf_sigma_px")
     geom = load_geometry(geometry, binning=binning)
     n = geom.n_projections if projections is None else projections
     if n < 1 or workers < 1 or binning < 1:
@@ -149,7 +159,7 @@ def simulate_labdct(
     location = resolve(out, storage_options)
     claim_store(location, inputs=[geometry] if geometry and geometry.endswith(".json") else [], overwrite=overwrite)
     params = {"preset": preset, "geometry": geom.to_dict(), "seed": seed, "psf_sigma_px": psf_sigma_px,
-              "background": background, "voxel_um": voxel_um}
+              "background": background, "voxel_um": voxel_um, **({"physics": physics} if physics else {})}
     ny, nx = geom.detector_shape
     ys, xs = geom.px_to_mm(np.arange(ny), np.arange(nx))
     coords = {
@@ -183,7 +193,7 @@ def simulate_labdct(
 
         sample_ref = ray.put(sample)
         stage = functools.partial(_ProjectionWriter, location, geom.to_dict(), seed,
-                                  {"psf_sigma_px": psf_sigma_px, "background": background})
+                                  {"psf_sigma_px": psf_sigma_px, "background": background, **physics})
         items = [(p, [sample_ref]) for p in todo]
         computed = sum(1 for _ in run_stage(stage, items, workers=workers, desc="projections",
                                             progress=progress, on_start=on_start, done_before=n - len(todo),
