@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.ndimage import gaussian_filter1d
 
-from rayproc.labdct.background import extract_background, rolling_median
+from rayproc.labdct.background import extract_background
 from rayproc.labdct.crystallography import reflection_set
 from rayproc.labdct.detector_masks import hot_pixel_mask
 from rayproc.labdct.geometry import GEOMETRY_PRESETS

@@ -24,13 +24,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.conftest import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -39,18 +40,6 @@ OBJECT_STORE_BYTES = 100_000_000  # per node, the smallest Ray accepts is 75 MB
 # Never uploaded with the working_dir (Ray skips .git and .venv by default already).
 EXCLUDES = ["/.venv", "/.git", "/.pytest_cache", "*.egg-info", "__pycache__", "*.zarr", "/demo-out", "/out",
             "/build", "/benchmarks/results"]
-
-
-def free_ports(n: int = 1) -> list[int]:
-    """``n`` distinct loopback ports free right now (all bound at once, then released)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _ray_env() -> dict[str, str]:

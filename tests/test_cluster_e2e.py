@@ -27,6 +27,7 @@ from rayproc import storage
 from rayproc.bcdi.gaps import gaps_to_mask
 from rayproc.bcdi.diffraction import simulate_bcdi_sample
 from tests.conftest import free_ports, tiny_gapnet
+from tests.multinode import EXCLUDES
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +36,6 @@ VENV_BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT_S = 90
 JOB_TIMEOUT_S = 120
 # Never uploaded with the working_dir (Ray skips .git and .venv by default already).
-EXCLUDES = ["/.venv", "/.git", "/.pytest_cache", "*.egg-info", "__pycache__", "*.zarr", "/demo-out", "/out",
-            "/build"]
 SIZE, COUNT, SEED = 32, 2, 3
 
 
