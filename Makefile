@@ -39,6 +39,7 @@ bench: $(STAMP)  # each prints ratios measured side by side; together about an h
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/labdct_index.py
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/scaling_curves.py
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/larger_than_memory.py
+	RAY_AUTH_MODE=disabled $(PY) benchmarks/labdct_large_stack.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -18,8 +18,10 @@ import math
 MEASURED = {
     "inpaint_s_per_portion": 0.0688,  # per 32^3 portion the network runs on
     "inpaint_s_per_voxel": 4.14e-7,  # read, check, copy, compress and write, per voxel of the volume
-    "labdct_denoise_s_per_frame_2032": 11.0,  # measured on 508^2 frames, scaled by pixels
-    "labdct_segment_s_per_frame_2032": 0.92,  # the standard routine, likewise
+    # a full 181-frame scan of 2032^2, 2 actors, idle machine (benchmarks/labdct_large_stack.py):
+    # 4.42 and 3.69 s per frame, i.e. x2 per core (508^2 frames scaled by pixels had given 11.0 and 0.92)
+    "labdct_denoise_s_per_frame_2032": 8.84,
+    "labdct_segment_s_per_frame_2032": 7.38,  # the standard routine
 }
 # A BCDI scan: 256^3 with the Maxipix 6 px module cross through it, default stride 8, --chunk 256
 # (one chunk a scan): rayproc.bcdi.inpaint.plan_windows gives 1653 portions of 32^3. With the
