@@ -28,7 +28,7 @@ test-fast: $(STAMP)  # the pure core and the docstring examples: no Ray, no S3, 
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m rayproc.demo demo-out
 
-bench: $(STAMP)  # each prints ratios measured side by side; together about an hour on 2 cores
+bench: $(STAMP)  # each prints ratios measured side by side; together about two hours on 2 cores
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/simulate_scaling.py
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/labdct_sim.py
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/train_throughput.py
