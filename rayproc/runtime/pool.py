@@ -132,7 +132,7 @@ def run_stage(
         raise Interrupted(done_before + finished, total) from None
     finally:
         bar.close()
-        for ref in pool.task_refs():  # tasks in flight would be retried (and say so) on killed actors
+        for ref in pool.task_refs():  # stop the tasks still in flight before their actors go
             ray.cancel(ref, force=False)
         for actor in actors:
             ray.kill(actor, no_restart=True)

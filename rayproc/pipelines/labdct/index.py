@@ -22,10 +22,8 @@ and ``spot_residual_px`` along the input's ``spot``.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -34,6 +32,7 @@ from rayproc.errors import InputError
 from rayproc.labdct.geometry import LabdctGeometry, geometry_from_json
 from rayproc.labdct.indexing import IndexingParams, index_grains, measured_spots, search_seeds
 from rayproc.pipelines._stage import ResumableStage
+from rayproc.pipelines.labdct.simulate import read_geometry_json
 from rayproc.runtime import ray_session
 from rayproc.storage import (
     append_variables, command_line, create_dataset, done_tasks, finalize, open_dataset, provenance, resolve, task_tables, write_task,
@@ -63,10 +62,7 @@ def round_task(index: int) -> str:
 
 def indexing_geometry(path: str) -> LabdctGeometry:
     """The geometry of a ``geometry.json``, refusing one that lacks a field the forward model needs."""
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read geometry file {path}: {exc}") from None
+    config = read_geometry_json(path)
     if not isinstance(config, dict):
         raise InputError(f"geometry file {path} must hold a JSON object; got {type(config).__name__}.")
     missing = [field for field in GEOMETRY_FIELDS if field not in config]

@@ -38,17 +38,21 @@ def task_name(index: int) -> str:
     return f"projection-{index:05d}"
 
 
+def read_geometry_json(path: str):
+    """The parsed content of a ``geometry.json`` file, or one line saying why it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read geometry file {path}: {exc}") from None
+
+
 def load_geometry(geometry: str | None, *, binning: int = 1) -> LabdctGeometry:
     """A geometry preset name (``laue_focusing``, ``fe_farfield``) or a JSON file like
     ``labdct-fe-farfield/geometry.json`` (its keys override the Laue-focusing preset)."""
     if geometry is None:
         geom = GEOMETRY_PRESETS["laue_focusing"]
     elif Path(geometry).suffix.lower() == ".json":
-        try:
-            config = json.loads(Path(geometry).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"cannot read geometry file {geometry}: {exc}") from exc
-        geom = geometry_from_json(config)
+        geom = geometry_from_json(read_geometry_json(geometry))
     else:
         geom = GEOMETRY_PRESETS[look_up_option(geometry, GEOMETRY_PRESETS, name="geometry")]
     return geom.binned(binning) if binning > 1 else geom
@@ -206,4 +210,4 @@ def simulate_labdct(
     return LabdctSimulationReport(location.url, n, computed, table.sizes["spot"], status)
 
 
-__all__ = ["simulate_labdct", "load_geometry", "LabdctSimulationReport", "PUBLISHED_BACKGROUND"]
+__all__ = ["simulate_labdct", "load_geometry", "read_geometry_json", "LabdctSimulationReport", "PUBLISHED_BACKGROUND"]
