@@ -169,6 +169,47 @@ def test_synth_spot_gain_scales_spots_and_their_snr(stores, tmp_path):
     assert quarter.attrs["provenance"]["parameters"]["spot_gain"] == [0.25, 0.25]
 
 
+def test_synth_detector_mode_has_the_detector_noise_and_fixed_hot_pixels(stores, tmp_path):
+    """--mode detector: Var[x] = c x0 sum(K^2) on background, hot pixels at the same place in every
+    frame, and spot SNRs over that noise; a stack made twice is bit-identical."""
+    from rayproc.labdct.synthesis import detector_at_pixel, hot_pixel_map, pixel_noise_variance
+
+    out = str(tmp_path / "detector.zarr")
+    args = dict(mode="detector", i0=2000.0, seed=5, workers=1, progress=False, command="test")
+    synthesize_labdct(str(stores / "sim.zarr"), str(stores / "bg.zarr"), out, **args)
+    sim, ds = storage.open_dataset(str(stores / "sim.zarr")), storage.open_dataset(out)
+    assert ds.attrs["mode"] == "detector" and ds.attrs["detector"] == "fe_farfield"
+    pixel_mm = float(abs(sim.det_y.values[1] - sim.det_y.values[0]))
+    detector, hot = detector_at_pixel("fe_farfield", pixel_mm)
+    assert detector["noise_psf_sigma_px"] == pytest.approx(0.40 * 0.068334 / pixel_mm)  # 8x binned: 0.05 px
+    assert ds.attrs["provenance"]["parameters"]["detector"] == detector
+    x = ds.input.values.astype(np.float64)
+    backgrounds = fit_background(storage.open_dataset(str(stores / "bg.zarr")).background.values, (128, 128))
+    clean = sim.projection.values
+    hot_pixels = (x - ndi.median_filter(x, size=(1, 3, 3))) > 250  # offsets of mean 384 counts, noise ~45
+    always = hot_pixels.all(axis=0)
+    expected = hot_pixel_map((128, 128), np.random.default_rng([5, 0, 3]), **hot)  # one map per stack
+    assert (expected > 0).mean() == pytest.approx(hot["fraction"], rel=0.2)
+    assert always[expected > 600].mean() > 0.9 and always[expected == 0].mean() < 2e-3
+    z = []
+    for p in range(4):
+        quiet = (clean[p] == sim.attrs["background"]) & (backgrounds[p] > 0.2) & (expected == 0)
+        r_bg = x[p][quiet].sum() / backgrounds[p][quiet].sum()
+        assert 2000 - 2000**0.5 - 1 < r_bg < 2000 + 2000**0.5 + 1
+        x0 = r_bg * backgrounds[p][quiet]
+        z.append((x[p][quiet] - x0) / np.sqrt(pixel_noise_variance(x0, mode="detector", detector=detector)))
+    z = np.concatenate(z)
+    assert len(z) > 2000 and abs(z.mean()) < 0.05 and z.var() == pytest.approx(1.0, abs=0.08)
+    rows = np.flatnonzero((ds.spot_projection.values == 2) & (ds.spot_area_px.values > 0))[:20]
+    level = ndi.mean(backgrounds[2], sim.spot_label.values[2], ds.spot_id.values[rows])
+    noise = np.sqrt(ds.spot_area_px.values[rows] * pixel_noise_variance(2000.0 * level, mode="detector",
+                                                                           detector=detector))
+    np.testing.assert_allclose(ds.spot_snr.values[rows], ds.spot_intensity.values[rows] / noise, rtol=1e-9)
+    again = str(tmp_path / "again.zarr")
+    synthesize_labdct(str(stores / "sim.zarr"), str(stores / "bg.zarr"), again, **{**args, "workers": 2})
+    np.testing.assert_array_equal(storage.open_dataset(again).input.values, ds.input.values)
+
+
 def test_calibrate_recovers_a_known_spot_gain(stores, tmp_path):
     measured = str(tmp_path / "measured.zarr")
     synthesize_labdct(str(stores / "sim.zarr"), str(stores / "bg.zarr"), measured, spot_gain=0.3, tau=TAU, i0=I0,
@@ -182,6 +223,16 @@ def test_calibrate_recovers_a_known_spot_gain(stores, tmp_path):
     assert report.binning == 1 and report.gain == pytest.approx(0.3, rel=0.2)
     assert report.synthesised_snr[-1] == pytest.approx(report.measured_snr[-1], rel=0.05)  # matched q90
     assert "| measured |" in report.to_markdown()
+
+
+def test_calibrate_detector_mode_measures_the_background_scale_and_gain(stores, tmp_path):
+    measured = str(tmp_path / "measured.zarr")
+    synthesize_labdct(str(stores / "sim.zarr"), str(stores / "bg.zarr"), measured, mode="detector", spot_gain=0.3,
+                      i0=1500.0, seed=9, workers=1, progress=False, command="test")
+    report = calibrate_labdct(str(stores / "sim.zarr"), str(stores / "bg.zarr"), measured, mode="detector",
+                              n_rolling=3, seed=4)
+    assert report.settings["i0"] == pytest.approx(1500.0, rel=0.05)  # the measured frames' level, I0 not given
+    assert report.gain == pytest.approx(0.3, rel=0.2) and "detector noise" in report.to_markdown()
 
 
 def test_calibrate_against_the_real_iron_frames(ray_local, shared_data, tmp_path):
@@ -276,6 +327,14 @@ def test_mean_snr_of_a_flat_spot_is_its_pixel_snr():
     assert np.isnan(mean_snr(integrated, area)[3])
 
 
+def test_detection_ceiling_counts_the_spots_above_the_noise():
+    from rayproc.labdct.evaluation import detection_ceiling
+
+    rows = detection_ceiling([0.5, 1.0, 2.0, 4.0, 9.0, np.nan, 30.0, 2.5], thresholds=(2.0, 5.0))
+    assert [r["recall"] for r in rows] == [5 / 8, 2 / 8]
+    assert rows[0]["f1"] == pytest.approx(2 * (5 / 8) / (1 + 5 / 8))
+
+
 def test_truth_snr_takes_the_dominant_simulated_spot():
     truth = np.zeros((1, 6, 6), int)
     truth[0, :2, :3] = 1
@@ -320,10 +379,30 @@ def test_evaluate_writes_tables_and_figures(stores, tmp_path):
     assert "| method | precision | recall | F1 | pixel IoU |" in markdown and "| SNR | true spots |" in markdown
     assert "Recall per peak-SNR bin" in markdown and "Recall per mean-SNR bin" in markdown
     assert "Weak spots (SNR < 2) per SNR definition" in markdown
-    for name in ("panels_synthetic.png", "profiles_weak_spots.png", "recall_by_snr.png", "panels_real.png"):
+    assert record["real"]["standard_spots_each_frame"] and len(record["real"]["dl_spots_each_frame"]) == 3
+    for name in ("panels_synthetic.png", "profiles_weak_spots.png", "recall_by_snr.png", "panels_real.png",
+                 "spots_real.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 1000 and name in markdown
     tuned = parse_params(str(tmp_path / "eval" / "standard_params.json"))
     assert tuned.background == pytest.approx(report.tuned["params"]["background"])
+
+
+def test_evaluate_oracle_tunes_and_scores_on_the_same_frames_and_bins_real_frames(stores, tmp_path):
+    synth = storage.open_dataset(str(stores / "synth.zarr")).input.values
+    real = tmp_path / "real.npy"  # real frames twice as fine as the synthetic pixel: binned 2x (summed)
+    np.save(real, np.repeat(np.repeat(synth[:3], 2, axis=1), 2, axis=2) / 4)
+    grid = {"background": [2.0, 4.0], "sigma": [1.0], "percentage": [20.0], "min_size": [4]}
+    report = evaluate_labdct(str(stores / "synth.zarr"), str(tmp_path / "eval"), model=_tiny_net(), grid=grid,
+                             real=str(real), oracle=True, command="test")
+    assert report.tuned["oracle"] and report.tuned["tune_projections"] == report.tuned["test_projections"] == 4
+    assert report.real["binning"] == 2 and report.real["shape"] == [128, 128]
+    truth = label_spots(storage.open_dataset(str(stores / "synth.zarr")).target.values > 0)
+    assert report.methods["standard"]["n_true"] == int(truth.max())  # every projection scored
+    assert report.methods["standard"]["f1"] == pytest.approx(report.tuned["f1_tuning"])
+    markdown = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "oracle tuning" in markdown and "Ceiling: an ideal detector" in markdown
+    assert [row["snr_at_least"] for row in report.ceiling] == [2.0, 3.0, 5.0]
+    assert report.ceiling[0]["f1"] >= report.methods["standard"]["f1"] - 0.05  # nobody beats the ceiling much
 
 
 def test_evaluate_command_prints_scores_and_weak_spot_recall(stores, tmp_path, capsys):
@@ -346,6 +425,7 @@ def test_evaluate_command_prints_scores_and_weak_spot_recall(stores, tmp_path, c
     (["segment", "{synth}", "{out}", "--method", "standard", "--params", '{{"sigmaa": 1}}'], "sigmaa"),
     (["background", "{missing}", "{out}"], "not found"),
     (["evaluate", "{sim}", "--out", "{out}"], "not a synthesised"),
+    (["synth", "{sim}", "{bg}", "{out}", "--mode", "detector", "--detector", "pilatus"], "fe_farfield"),
 ])
 def test_bad_input_is_one_line(stores, tmp_path, cli_error, args, expected):
     paths = {"sim": stores / "sim.zarr", "bg": stores / "bg.zarr", "synth": stores / "synth.zarr",

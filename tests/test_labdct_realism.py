@@ -224,6 +224,26 @@ def test_detector_counts_noise_gain_correlation_read_noise_and_hot_pixels():
 # --- measurements -----------------------------------------------------------------------------------
 
 
+def test_detector_on_a_binned_pixel_keeps_the_binned_frames_noise():
+    """2x2- and 4x4-binned frames of the fitted iron detector have the variance the binned model
+    predicts (c E sum(K^2) on the coarse pixel, within 2 %), and the coarse model's own frames too."""
+    from rayproc.labdct.calibration import bin_frames
+    from rayproc.labdct.synthesis import FE_FARFIELD_PIXEL_MM, detector_at_pixel, pixel_noise_variance
+
+    fine, _ = detector_at_pixel("fe_farfield", FE_FARFIELD_PIXEL_MM)
+    frames = detector_counts(np.full((2, 512, 512), 566.0), 0, **fine)
+    for factor in (2, 4):
+        coarse, hot = detector_at_pixel("fe_farfield", factor * FE_FARFIELD_PIXEL_MM)
+        binned = bin_frames(frames, factor)
+        predicted = pixel_noise_variance(binned.mean(), mode="detector", detector=coarse)
+        assert binned.var() == pytest.approx(predicted, rel=0.02)
+        assert hot["fraction"] == pytest.approx(2.9e-4 * factor**2) and hot["mean_counts"] == 384.0
+        simulated = detector_counts(np.full((2, 512 // factor, 512 // factor), 566.0 * factor**2), 1, **coarse)
+        assert simulated.var() == pytest.approx(predicted, rel=0.03)
+    assert pixel_noise_variance(566.0, mode="detector", detector=fine) == pytest.approx(frames.var(), rel=0.02)
+    assert pixel_noise_variance(100.0, mode="poisson", tau=2.0) == pytest.approx(200.0)  # published: tau^2 x0 / 2
+
+
 def test_spot_measurements_radial_and_tangential_extent_area_and_snr():
     """A 9 x 3 px bar along the radius reads radial extent 9, tangential 3 (sqrt(12 var + 1)), area 27."""
     labels = np.zeros((1, 64, 64), np.int32)

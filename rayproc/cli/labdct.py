@@ -109,7 +109,11 @@ def synth(
     sim: Annotated[str, typer.Argument(help="Simulated store (rayproc labdct simulate).")],
     bg: Annotated[str, typer.Argument(help="Background store (rayproc labdct background) or 'parametric'.")],
     out: Annotated[str, typer.Argument(help="Output zarr store (path or s3:// URL).")],
-    mode: Annotated[str, typer.Option("--mode", help="Noise model: poisson (published) or constant.")] = "poisson",
+    mode: Annotated[str, typer.Option(
+        "--mode", help="Noise model: poisson (published), detector (a measured detector, see --detector) "
+                       "or constant.")] = "poisson",
+    detector: Annotated[str, typer.Option(
+        "--detector", help="Detector mode: the measured detector's noise model (fe_farfield).")] = "fe_farfield",
     tau: Annotated[float, typer.Option("--tau", help="Poisson noise scale tau.")] = 1.0,
     i0: Annotated[float, typer.Option("--i0", help="Mean background scale I0 (counts).")] = 110.0,
     spot_gain: Annotated[str, typer.Option(
@@ -129,7 +133,7 @@ def synth(
     from rayproc.storage import parse_storage_options
 
     report = synthesize_labdct(sim, bg, out, mode=mode, tau=tau, i0=i0, spot_gain=_gain(spot_gain), seed=seed,
-                               pick=pick, workers=workers,
+                               pick=pick, detector=detector, workers=workers,
                                address=address, cpus=cpus, storage_options=parse_storage_options(storage_option),
                                overwrite=overwrite, progress=progress)
     if report.status == "complete":
@@ -145,8 +149,12 @@ def calibrate(
     sim: Annotated[str, typer.Argument(help="Simulated store (rayproc labdct simulate).")],
     bg: Annotated[str, typer.Argument(help="Background store (rayproc labdct background) or 'parametric'.")],
     real: Annotated[str, typer.Argument(help="Measured frames: TIFF folder, stack file or zarr store.")],
-    i0: Annotated[float, typer.Option("--i0", help="Mean background scale I0 of the synthesis (counts).")] = 1000.0,
+    i0: Annotated[Optional[float], typer.Option(
+        "--i0", help="Mean background scale I0 of the synthesis (counts; default 1000, or measured with "
+                     "--mode detector).")] = None,
     tau: Annotated[float, typer.Option("--tau", help="Poisson noise scale tau of the synthesis.")] = 1.0,
+    mode: Annotated[str, typer.Option("--mode", help="Synthesis noise model: poisson or detector.")] = "poisson",
+    detector: Annotated[str, typer.Option("--detector", help="Detector mode's noise model.")] = "fe_farfield",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthesised noise.")] = 0,
     frames: Annotated[int, typer.Option("--frames", min=1, help="Simulated projections per trial gain.")] = 12,
     real_frames: Annotated[Optional[int], typer.Option(
@@ -165,13 +173,16 @@ def calibrate(
     from rayproc.pipelines.labdct.calibrate import calibrate_labdct
     from rayproc.storage import parse_storage_options
 
-    report = calibrate_labdct(sim, bg, real, i0=i0, tau=tau, seed=seed, frames=frames, real_frames=real_frames,
+    report = calibrate_labdct(sim, bg, real, i0=i0, tau=tau, mode=mode, detector=detector, seed=seed, frames=frames,
+                              real_frames=real_frames,
                               real_beamstop_from=real_beamstop_from, quantile=quantile,
                               storage_options=parse_storage_options(storage_option))
     typer.echo(report.to_markdown())
     if out:
         Path(out).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    typer.echo(f"use: rayproc labdct synth {sim} {bg} OUT --i0 {i0:g} --spot-gain {report.gain:.3g}")
+    noise = f" --mode {mode}" + (f" --detector {detector}" if mode == "detector" else "")
+    typer.echo(f"use: rayproc labdct synth {sim} {bg} OUT{noise} --i0 {report.settings['i0']:.4g} "
+               f"--spot-gain {report.gain:.3g}")
 
 
 @app.command("compare-real")
@@ -292,6 +303,9 @@ def evaluate(
     real_beamstop_from: Annotated[Optional[str], typer.Option(
         "--real-beamstop-from", help="geometry.json of the real frames (default: REAL/geometry.json).")] = None,
     tune_fraction: Annotated[float, typer.Option("--tune-fraction", help="Projections used for tuning.")] = 0.5,
+    oracle: Annotated[bool, typer.Option(
+        "--oracle", help="Tune the routine on all projections and score on the same ones (the strictest "
+                         "baseline).")] = False,
     grid: Annotated[Optional[str], typer.Option(
         "--grid", help="Tuning grid as JSON {field: [values]}; background in multiples of the residual noise.")] = None,
     iou: Annotated[float, typer.Option("--iou", help="Smallest IoU of a spot match.")] = 0.3,
@@ -312,7 +326,8 @@ def evaluate(
     except json.JSONDecodeError as exc:
         raise InputError(f"--grid must be JSON like '{{\"sigma\": [1, 2]}}'; got {grid!r} ({exc.msg}).") from exc
     report = evaluate_labdct(synth_store, out, model=model, real=real, real_frames=real_frames,
-                             real_beamstop_from=real_beamstop_from, tune_fraction=tune_fraction, grid=grid_values,
+                             real_beamstop_from=real_beamstop_from, tune_fraction=tune_fraction, oracle=oracle,
+                             grid=grid_values,
                              iou=iou, threshold=threshold, device="cuda" if gpu else "cpu",
                              storage_options=parse_storage_options(storage_option))
     if report.model is None:

@@ -67,7 +67,8 @@ _EXPORTS = {
         'StandardRoutineParams', 'log_spot_labels', 'residual_noise', 'robust_noise', 'rolling_median_subtract',
         'standard_routine', 'tune_standard_routine',
     ], 'standard_routine'),
-    **dict.fromkeys(['detector_counts', 'hot_pixel_map', 'log_segmentation', 'synthesize_input'], 'synthesis'),
+    **dict.fromkeys(['detector_at_pixel', 'detector_counts', 'hot_pixel_map', 'log_segmentation', 'pixel_noise_variance',
+                     'synthesize_input'], 'synthesis'),
     **dict.fromkeys(['TileDataset', 'training_pair'], 'tiles'),
 }
 

@@ -106,6 +106,36 @@ def recall_record(founds: Mapping[str, np.ndarray], snr: np.ndarray, bins: Seque
                      **{name: float(found[weak].mean()) if weak.any() else None for name, found in founds.items()}}}
 
 
+CEILING_SNR = (2.0, 3.0, 5.0)  # integrated SNR above which an ideal detector finds every spot
+
+
+def detection_ceiling(snr, thresholds=CEILING_SNR) -> list[dict]:
+    """Scores of an ideal detector that finds every true spot of integrated SNR >= ``t`` and nothing else.
+
+    Spots far below the noise cannot be told from it by any method (a matched filter of the
+    spot's own shape reaches the integrated SNR at best), yet the LoG targets keep them, so
+    recall and F1 have a ceiling below 1. Its recall is the share of true spots at or above
+    ``t`` (spots without an SNR count as below), precision 1, F1 ``2 R / (1 + R)``.
+
+    Parameters
+    ----------
+    snr : array_like, shape (K,)
+        Integrated SNR of each true spot (:func:`truth_snr`).
+    thresholds : sequence of float
+
+    Returns
+    -------
+    list of dict
+        ``{"snr_at_least", "recall", "f1"}`` per threshold.
+    """
+    snr = np.asarray(snr, dtype=np.float64)
+    rows = []
+    for t in thresholds:
+        recall = float(np.mean(np.nan_to_num(snr, nan=-np.inf) >= t)) if len(snr) else 1.0
+        rows.append({"snr_at_least": float(t), "recall": recall, "f1": 2 * recall / (1 + recall)})
+    return rows
+
+
 def mean_snr(snr, area) -> np.ndarray:
     """Mean-pixel SNR of spots from their integrated SNR and labelled area ``A``: ``snr / sqrt(A)``.
 
@@ -150,6 +180,6 @@ def background_residual(denoised, standard_labels, *, beamstop=None, threshold: 
             "residual_above_threshold": float((background >= threshold).mean())}
 
 
-__all__ = ["DEFAULT_GRID", "DEFAULT_SNR_BINS", "MEAN_SNR_BINS", "PEAK_SNR_BINS", "RESIDUAL_MARGIN", "SNR_KINDS",
+__all__ = ["CEILING_SNR", "DEFAULT_GRID", "detection_ceiling", "DEFAULT_SNR_BINS", "MEAN_SNR_BINS", "PEAK_SNR_BINS", "RESIDUAL_MARGIN", "SNR_KINDS",
            "SPOT_COLUMNS", "WEAK_BELOW", "background_residual", "mean_snr", "recall_record", "score", "truth_snr",
            "tune_relative"]

@@ -25,13 +25,14 @@ from rayproc.errors import InputError
 from rayproc.labdct.standard_routine import log_spot_labels
 from rayproc.options import look_up_option
 
-MODES = ("poisson", "constant")
+MODES = ("poisson", "constant", "detector")
 # Detector of the real far-field iron frames (1024^2, frames 1-30; benchmarks/labdct_realism_calibration.py):
 # noise variance 0.69 E counts^2 (a straight line gives 0.88 E - 108: no room for read noise), neighbour
 # correlation 0.088 (Gaussian blur sigma 0.40 px).
 FE_FARFIELD_DETECTOR = {"counts_per_photon": 0.97, "noise_psf_sigma_px": 0.40, "read_noise": 0.0}
 # Pixels far above their neighbours in most of those frames: share and mean excess (counts).
 FE_FARFIELD_HOT_PIXELS = {"fraction": 2.9e-4, "mean_counts": 384.0}
+FE_FARFIELD_PIXEL_MM = 0.068334
 
 
 def synthesize_input(
@@ -46,6 +47,8 @@ def synthesize_input(
     mode: str = "poisson",
     alpha: float = 5.0,
     delta_range: tuple[float, float] = (25.0, 225.0),
+    detector: dict | None = None,
+    hot_pixels=None,
 ) -> np.ndarray:
     """Noisy network input from a noise-free simulated projection (Fang et al. [1]_).
 
@@ -58,6 +61,10 @@ def synthesize_input(
     spot brightness of measured frames (``rayproc labdct calibrate``).
 
     so that, given ``x0``, ``E[x] = x0 + tau x0 / 2`` and ``Var[x] = tau^2 x0 / 2``.
+    ``mode="detector"`` (a measured detector): the same ``x0`` as expected counts through
+    :func:`detector_counts` (photon noise in counts per photon, scintillator blur, read noise,
+    hot pixels; ``detector`` its keywords, e.g. from :func:`detector_at_pixel`), so that
+    ``Var[x] = c x0 sum(K^2) + read_noise^2`` (:func:`pixel_noise_variance`); ``tau`` is unused.
     ``mode="constant"`` (earlier model): ``x = I_simu - C_BG`` with every pixel below
     ``alpha`` set to one constant ``Delta ~ U[delta_range]``; ``background`` is not used.
 
@@ -82,6 +89,11 @@ def synthesize_input(
         Constant mode: pixels of ``I_simu - C_BG`` below ``alpha`` (5 in [1]_) are replaced.
     delta_range : (float, float), optional
         Constant mode: range of ``Delta`` ([25, 225] in [1]_).
+    detector : dict, optional
+        Detector mode: keywords of :func:`detector_counts` (``counts_per_photon``,
+        ``noise_psf_sigma_px``, ``read_noise``).
+    hot_pixels : array_like, shape (H, W), optional
+        Detector mode: fixed hot-pixel offsets (:func:`hot_pixel_map`).
 
     Returns
     -------
@@ -131,8 +143,105 @@ def synthesize_input(
         ) from None
     r_bg = rng.uniform(i0 - np.sqrt(i0), i0 + np.sqrt(i0), per_frame)
     x0 = signal + r_bg * background
-    x = x0 + tau * rng.poisson(np.clip(x0, 0, None) / 2)
+    if mode == "detector":
+        if detector is None:
+            raise InputError("detector mode needs the detector's keywords (detector_at_pixel); got None instead.")
+        x = detector_counts(x0, rng, hot_pixels=hot_pixels, **detector)
+    else:
+        x = x0 + tau * rng.poisson(np.clip(x0, 0, None) / 2)
     return x.reshape(simulated.shape).astype(np.float32)
+
+
+def _blur_square_sum(sigma: float) -> float:
+    """``sum(K^2)`` of the 2D Gaussian blur ``K`` of :func:`detector_counts` (1 without blur)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    if sigma <= 0:
+        return 1.0
+    delta = np.zeros(8 * int(np.ceil(sigma)) + 9)
+    delta[len(delta) // 2] = 1.0
+    return float((gaussian_filter1d(delta, sigma) ** 2).sum() ** 2)
+
+
+def _binned_blur_sigma(sigma: float, factor: float) -> float:
+    """Blur sigma (binned px) that gives ``b x b``-binned blurred photon noise its variance (see :func:`detector_at_pixel`)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    b = int(round(factor))
+    if sigma <= 0 or b <= 1 or abs(factor - b) > 1e-6:
+        return sigma / factor if factor > 0 else sigma
+    size = 8 * int(np.ceil(sigma)) + 8 * b + 1
+    delta = np.zeros(size)
+    delta[size // 2] = 1.0
+    kernel = gaussian_filter1d(delta, sigma)
+    shares = np.convolve(kernel, np.ones(b), mode="same")  # 1D share of a photon's light in a bin
+    target = (float((shares**2).sum()) / b) ** 2
+    low, high = 1e-3, 4.0 * sigma / b + 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if _blur_square_sum(middle) > target else (low, middle)
+    return (low + high) / 2
+
+
+def pixel_noise_variance(level, *, mode: str = "poisson", tau: float = 1.0, detector: dict | None = None) -> np.ndarray:
+    """Noise variance of one pixel at expected counts ``level`` under a synthesis noise model.
+
+    ``poisson`` (published): ``tau^2 level / 2``. ``detector``: ``c level sum(K^2) +
+    read_noise^2``, with ``c`` the counts per photon and ``K`` the scintillator blur of
+    :func:`detector_counts` (hot pixels, a fixed pattern, excluded). ``constant``: NaN.
+    """
+    level = np.asarray(level, dtype=np.float64)
+    mode = look_up_option(mode, MODES, name="mode")
+    if mode == "poisson":
+        return tau**2 * level / 2
+    if mode == "detector":
+        if detector is None:
+            raise InputError("detector mode needs the detector's keywords (detector_at_pixel); got None instead.")
+        return (detector["counts_per_photon"] * _blur_square_sum(detector.get("noise_psf_sigma_px", 0.0)) * level
+                + detector.get("read_noise", 0.0) ** 2)
+    return np.full(level.shape, np.nan)
+
+
+DETECTOR_PRESETS = {
+    "fe_farfield": {"pixel_size_mm": FE_FARFIELD_PIXEL_MM, **FE_FARFIELD_DETECTOR,
+                    "hot_pixel_fraction": FE_FARFIELD_HOT_PIXELS["fraction"],
+                    "hot_pixel_mean_counts": FE_FARFIELD_HOT_PIXELS["mean_counts"]},
+}
+
+
+def detector_at_pixel(preset: str | dict, pixel_size_mm: float) -> tuple[dict, dict]:
+    """A measured detector's noise model on a coarser (binned) pixel.
+
+    Binning ``b x b`` pixels (``b = pixel_size_mm / preset pixel``) sums them: the counts per
+    photon stay; part of a photon's light falls in the next binned pixel, so the binned noise
+    variance is ``c E sum_j w_j^2 / b^2`` (``w_j``: the share of the light of a photon absorbed
+    in fine pixel ``j`` that lands in the bin), and the blur becomes the Gaussian whose
+    ``sum(K^2)`` gives that variance (for an integer ``b``; ``sigma / b`` otherwise); read noise
+    adds up to ``b read_noise``, and a binned pixel holds a hot pixel ``b^2`` times as often
+    (offsets unchanged).
+
+    Parameters
+    ----------
+    preset : str or dict
+        A :data:`DETECTOR_PRESETS` name or a dict of its keys.
+    pixel_size_mm : float
+        Pixel of the simulated projections.
+
+    Returns
+    -------
+    (dict, dict)
+        Keywords of :func:`detector_counts` and of :func:`hot_pixel_map`.
+    """
+    if isinstance(preset, str):
+        preset = DETECTOR_PRESETS[look_up_option(preset, DETECTOR_PRESETS, name="detector")]
+    factor = float(pixel_size_mm) / preset["pixel_size_mm"]
+    if not factor > 0:
+        raise InputError(f"pixel_size_mm must be > 0; got {pixel_size_mm!r} instead.")
+    detector = {"counts_per_photon": preset["counts_per_photon"],
+                "noise_psf_sigma_px": _binned_blur_sigma(preset["noise_psf_sigma_px"], factor),
+                "read_noise": preset["read_noise"] * factor}
+    hot = {"fraction": min(1.0, preset["hot_pixel_fraction"] * factor**2), "mean_counts": preset["hot_pixel_mean_counts"]}
+    return detector, hot
 
 
 def log_segmentation(
@@ -234,4 +343,6 @@ def detector_counts(
     return counts.astype(np.float32)
 
 
-__all__ = ["FE_FARFIELD_DETECTOR", "FE_FARFIELD_HOT_PIXELS", "MODES", "detector_counts", "hot_pixel_map", "log_segmentation", "synthesize_input"]
+__all__ = ["DETECTOR_PRESETS", "FE_FARFIELD_DETECTOR", "FE_FARFIELD_HOT_PIXELS", "FE_FARFIELD_PIXEL_MM", "MODES",
+           "detector_at_pixel", "detector_counts", "hot_pixel_map", "log_segmentation", "pixel_noise_variance",
+           "synthesize_input"]

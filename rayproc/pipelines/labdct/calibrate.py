@@ -10,6 +10,11 @@ number of barely detected spots, which depends on the grain sizes more than on t
 Measured frames larger than the projections by an integer factor are binned to the simulated
 pixel size. The result is the ``--spot-gain`` to give ``rayproc
 labdct synth`` for training and test data that look like the measurement.
+
+With ``mode="detector"`` the synthesis uses the measured detector's noise model
+(:func:`rayproc.labdct.synthesis.detector_counts`), whose noise is fixed in absolute counts, so
+the background scale ``I0`` is measured too (unless given): the median of the measured
+frames off the beam stop over that of the background images.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import numpy as np
 
 from rayproc.errors import InputError
 from rayproc.labdct.calibration import DETECTION_K, bin_frames, detected_spot_snr, match_spot_gain
-from rayproc.labdct.synthesis import synthesize_input
+from rayproc.labdct.synthesis import DETECTOR_PRESETS, MODES, detector_at_pixel, hot_pixel_map, synthesize_input
+from rayproc.options import look_up_option
 from rayproc.pipelines.labdct.stack import beamstop_mask, read_frames
 from rayproc.pipelines.labdct.synth import background_frames
 from rayproc.storage import open_dataset, resolve
@@ -53,7 +59,8 @@ class CalibrationReport:
                 "settings": self.settings}
 
     def to_markdown(self) -> str:
-        rows = [f"Spot gain **{self.gain:.3g}** (measured frames binned {self.binning}x to the simulated pixel).",
+        rows = [f"Spot gain **{self.gain:.3g}** (measured frames binned {self.binning}x to the simulated pixel; "
+                f"{self.settings['mode']} noise, I0 = {self.settings['i0']:.4g}).",
                 "", "| detected spots | per frame | " + " | ".join(f"SNR q{q}" for q in self.quantiles) + " |",
                 "|---|---:|" + "---:|" * len(self.quantiles)]
         for name, count, values in (("measured", self.measured_spots_per_frame, self.measured_snr),
@@ -72,8 +79,10 @@ def calibrate_labdct(
     background: str,
     real: str,
     *,
-    i0: float = 1000.0,
+    i0: float | None = None,
     tau: float = 1.0,
+    mode: str = "poisson",
+    detector: str = "fe_farfield",
     seed: int = 0,
     frames: int = 12,
     real_frames: int | None = None,
@@ -92,7 +101,10 @@ def calibrate_labdct(
     real : str
         Measured frames: TIFF folder, stack file or zarr store (consecutive projections).
     i0, tau : float
-        Synthesis noise model (``rayproc labdct synth --i0 --tau``).
+        Synthesis noise model (``rayproc labdct synth --i0 --tau``); ``i0`` defaults to 1000 in
+        ``poisson`` mode and to the measured background level in ``detector`` mode.
+    mode, detector : str
+        Synthesis noise model (``rayproc labdct synth --mode --detector``): ``poisson`` or ``detector``.
     seed : int
         Seed of the noise realisation.
     frames : int
@@ -111,6 +123,10 @@ def calibrate_labdct(
     -------
     CalibrationReport
     """
+    mode = look_up_option(mode, MODES, name="mode")
+    if mode == "constant":
+        raise InputError("calibration needs a noise model; got mode 'constant' (use poisson or detector).")
+    detector = look_up_option(detector, DETECTOR_PRESETS, name="detector")
     measured, _ = read_frames(real, storage_options=storage_options)
     measured = measured[:real_frames] if real_frames else measured
     if len(measured) < n_rolling:
@@ -141,6 +157,14 @@ def calibrate_labdct(
         measured = bin_frames(measured, factor)
         if real_beamstop is not None:
             real_beamstop = bin_frames(real_beamstop[None], factor)[0] > 0
+    noise = {"mode": mode, "tau": tau}
+    hot = None
+    if mode == "detector":
+        pixel_mm = float(abs(source.det_y.values[1] - source.det_y.values[0]))
+        noise["detector"], hot_params = detector_at_pixel(detector, pixel_mm)
+        hot = hot_pixel_map(shape, np.random.default_rng([seed, 0, 3]), **hot_params)
+    if i0 is None:
+        i0 = 1000.0 if mode == "poisson" else measured_background_scale(measured, images, real_beamstop, beamstop)
     detect = {"n_rolling": n_rolling, "k": k}
     measured_snr = detected_spot_snr(measured, beamstop=real_beamstop, **detect)
     if not len(measured_snr):
@@ -148,12 +172,13 @@ def calibrate_labdct(
 
     def synthesised_snr(gain: float) -> np.ndarray:
         stack = np.stack([synthesize_input(clean[p], images[p], np.random.default_rng([seed, p]), c_bg=c_bg,
-                                           spot_gain=gain, i0=i0, tau=tau) for p in range(count)])
+                                           spot_gain=gain, i0=i0, hot_pixels=hot, **noise) for p in range(count)])
         return detected_spot_snr(stack, beamstop=beamstop, **detect)
 
     gain = match_spot_gain(_quantile(measured_snr, quantile), lambda g: _quantile(synthesised_snr(g), quantile))
     at_gain = synthesised_snr(gain)
     settings = {"sim": str(sim), "background": str(background), "real": str(real), "i0": i0, "tau": tau,
+                "mode": mode, **({"detector": detector} if mode == "detector" else {}),
                 "seed": seed, "frames": count, "real_frames": len(measured), "n_rolling": n_rolling, "k": k,
                 "quantile": quantile, "real_beamstop_from": real_beamstop_from}
     return CalibrationReport(
@@ -163,4 +188,10 @@ def calibrate_labdct(
         settings)
 
 
-__all__ = ["CalibrationReport", "calibrate_labdct"]
+def measured_background_scale(measured, images, measured_beamstop, beamstop) -> float:
+    """``I0`` that gives the background images the measured frames' level: ratio of medians off the beam stop."""
+    off_measured = np.ones(measured.shape[1:], bool) if measured_beamstop is None else ~measured_beamstop
+    return float(np.median(measured[:, off_measured]) / np.median(images[:, ~beamstop]))
+
+
+__all__ = ["CalibrationReport", "calibrate_labdct", "measured_background_scale"]

@@ -14,7 +14,9 @@ On a held-out synthesised stack (``rayproc labdct synth``, never used for traini
    their rolling median, so a tuned ``background = k s`` transfers to frames of another
    intensity scale (the real frames) as ``k`` times their own ``s``. The transfer assumes the
    real noise has the spatial statistics of the synthetic (white Poisson) noise; correlated
-   detector noise yields more noise blobs at the same ``k``.
+   detector noise yields more noise blobs at the same ``k``. With ``oracle=True`` the routine
+   is tuned on all the projections and both methods are scored on those same projections: an
+   oracle tuning, the strictest baseline (a user cannot tune on the frames' ground truth).
 3. **Test.** On the remaining projections, the network (:func:`rayproc.labdct.denoise.denoise_frames`,
    then :func:`~rayproc.labdct.denoise.dl_spot_labels`) and the tuned routine are scored:
    spot precision, recall and F1 (one-to-one matches with IoU >= ``iou``, 0.3), recall per
@@ -54,12 +56,15 @@ import numpy as np
 from rayproc.errors import InputError
 from rayproc.labdct.evaluation import (
     DEFAULT_GRID, DEFAULT_SNR_BINS, MEAN_SNR_BINS, PEAK_SNR_BINS, SNR_KINDS, SPOT_COLUMNS, background_residual,
-    mean_snr, recall_record, score, truth_snr, tune_relative,
+    detection_ceiling, mean_snr, recall_record, score, truth_snr, tune_relative,
 )
+from rayproc.labdct.calibration import bin_frames
 from rayproc.labdct.spots import label_spots, match_spots
 from rayproc.labdct.standard_routine import residual_noise, standard_routine
 from rayproc.pipelines.labdct.stack import beamstop_mask, read_frames
-from rayproc.pipelines.labdct.evaluation_report import markdown, plot_panels, plot_profiles, plot_recall
+from rayproc.pipelines.labdct.evaluation_report import (
+    markdown, plot_panels, plot_profiles, plot_real_spots, plot_recall, spots_per_frame,
+)
 from rayproc.models.artifact import has_default_model, resolve_model
 from rayproc.pipelines.labdct.segment import dl_segment, spot_scale
 from rayproc.runtime.resources import require_cuda
@@ -83,6 +88,7 @@ class LabdctEvaluationReport:
     files: list[str] = field(default_factory=list)
     recall_by_peak_snr: dict | None = None
     recall_by_mean_snr: dict | None = None
+    ceiling: list | None = None
 
     def recall_records(self) -> dict[str, dict]:
         """The recall record of each SNR definition evaluated (keys of :data:`SNR_KINDS`)."""
@@ -92,7 +98,7 @@ class LabdctEvaluationReport:
     def to_dict(self) -> dict:
         return {"out": self.out, "tuned": self.tuned, "methods": self.methods, "recall_by_snr": self.recall_by_snr,
                 "recall_by_peak_snr": self.recall_by_peak_snr, "recall_by_mean_snr": self.recall_by_mean_snr,
-                "real": self.real, "model": self.model, "files": list(self.files)}
+                "real": self.real, "model": self.model, "files": list(self.files), "ceiling": self.ceiling}
 
 
 @report_out
@@ -105,6 +111,7 @@ def evaluate_labdct(
     real_beamstop_from: str | None = None,
     real_frames: int | None = None,
     tune_fraction: float = 0.5,
+    oracle: bool = False,
     grid: Mapping[str, Sequence] | None = None,
     n_rolling: int = 5,
     snr_bins: Sequence[float] = DEFAULT_SNR_BINS,
@@ -133,6 +140,9 @@ def evaluate_labdct(
         Use only the first frames of ``real``.
     tune_fraction : float
         Fraction of the projections (the first ones) used for tuning, in (0, 1).
+    oracle : bool
+        Tune the routine on all projections and score both methods on all of them (the
+        strictest baseline); ``tune_fraction`` is then unused.
     grid : mapping, optional
         Tuning grid (:data:`DEFAULT_GRID`); ``background`` in multiples of the residual noise.
     n_rolling : int
@@ -169,7 +179,7 @@ def evaluate_labdct(
     n = ds.sizes["omega"]
     if n < 2:
         raise InputError(f"evaluation needs at least 2 projections (tuning and test); {location.url} has {n}.")
-    n_tune = int(np.clip(round(n * tune_fraction), 1, n - 1))
+    n_tune = n if oracle else int(np.clip(round(n * tune_fraction), 1, n - 1))
     frames = ds.input.values.astype(np.float32)
     target = ds.target.values > 0
     truth = label_spots(target)
@@ -184,12 +194,13 @@ def evaluate_labdct(
         scale, description = spot_scale(resolved), resolved.describe()
     label_options = {} if threshold is None else {"threshold": threshold}
 
-    tune, test = slice(0, n_tune), slice(n_tune, n)
+    first_test = 0 if oracle else n_tune
+    tune, test = slice(0, n_tune), slice(first_test, n)
     started = time.perf_counter()
     best, k_best, table = tune_relative(frames[tune], truth[tune], grid, n_rolling=n_rolling, iou=iou)
     tuning_seconds = time.perf_counter() - started
     truth_test = label_spots(target[test])
-    snrs = {kind: truth_snr(truth_test, ds.spot_label.values[test], np.arange(n_tune, n), snr_table, column=column)
+    snrs = {kind: truth_snr(truth_test, ds.spot_label.values[test], np.arange(first_test, n), snr_table, column=column)
             for kind, (column, _) in SNR_KINDS.items() if column in snr_table}
     predictions, extra, methods = {}, {}, {}
     if network is not None:
@@ -207,27 +218,29 @@ def evaluate_labdct(
     records = {kind: recall_record(founds, values, bins[kind]) for kind, values in snrs.items()}
     reference = match_spots(truth_test, ds.spot_label.values[test], iou=iou)
     tuned = {"params": best.to_dict(), "background_k": k_best, "tune_projections": n_tune,
-             "test_projections": n - n_tune, "grid": {k: list(map(float, v)) for k, v in grid.items()},
+             "test_projections": n - first_test, "oracle": oracle, "grid": {k: list(map(float, v)) for k, v in grid.items()},
              "seconds": round(tuning_seconds, 3), "f1_tuning": float(table["f1"].max()),
              "target_vs_simulated_f1": reference["f1"]}
 
     make_folder(folder)
     figures = [plot_panels(frames[test], extra.get("dl"), predictions, target[test], folder / "panels_synthetic.png",
-                            title="synthetic projection", first=n_tune)]
+                            title="synthetic projection", first=first_test)]
     figures.append(plot_profiles(frames[test], extra.get("dl"), predictions, truth_test, snrs["integrated"],
-                                  folder / "profiles_weak_spots.png", first=n_tune))
+                                  folder / "profiles_weak_spots.png", first=first_test))
     figures.append(plot_recall(records, folder / "recall_by_snr.png"))
     real_record = None
     if real is not None:
-        real_record, real_figure = _evaluate_real(real, real_beamstop_from, real_frames, best, k_best, n_rolling,
-                                                  network, scale, label_options, folder, storage_options)
-        figures.append(real_figure)
+        real_record, real_figures = _evaluate_real(real, real_beamstop_from, real_frames, best, k_best, n_rolling,
+                                                   network, scale, label_options, folder, storage_options,
+                                                   frames.shape[1:])
+        figures.extend(real_figures)
     (folder / PARAMS_JSON).write_text(json.dumps(best.to_dict(), indent=2) + "\n")
     files = [str(folder / f) for f in (METRICS_JSON, METRICS_MD, PARAMS_JSON)] + [str(f) for f in figures]
     report = LabdctEvaluationReport(str(folder), tuned, methods, records["integrated"], real_record, description,
-                                    files, records.get("peak"), records.get("mean"))
+                                    files, records.get("peak"), records.get("mean"),
+                                    detection_ceiling(snrs["integrated"]))
     settings = {"synth": location.url, "real": real, "real_frames": real_frames, "iou": iou, "n_rolling": n_rolling,
-                "tune_fraction": tune_fraction, "threshold": threshold}
+                "tune_fraction": None if oracle else tune_fraction, "oracle": oracle, "threshold": threshold}
     record = {**report.to_dict(), "settings": settings,
               "tuning_table": {k: v.tolist() for k, v in table.items()},
               "provenance": provenance(command or command_line(), {**settings, "model": description})}
@@ -237,20 +250,30 @@ def evaluate_labdct(
 
 
 def _evaluate_real(real, beamstop_from, limit, best, k_best, n_rolling, network, scale, label_options, folder,
-                   storage_options) -> tuple[dict, Path]:
-    """Background residual of the network on real frames; the routine uses ``k_best`` of their noise."""
+                   storage_options, shape) -> tuple[dict, list[Path]]:
+    """Background residual of the network on real frames; the routine uses ``k_best`` of their noise.
+
+    Real frames an integer multiple of the synthetic ``shape`` are binned (summed) to its pixel,
+    the pixel both methods were tuned and trained at.
+    """
     frames, _ = read_frames(real, storage_options=storage_options)
     frames = frames[:limit] if limit else frames
     default_geometry = Path(str(real)) / "geometry.json"
     if beamstop_from is None and default_geometry.is_file():
         beamstop_from = str(default_geometry)
     beamstop = beamstop_mask(beamstop_from, frames.shape[1:])
+    factor = frames.shape[1] // shape[0]
+    binning = factor if factor > 1 and frames.shape[1:] == (shape[0] * factor, shape[1] * factor) else 1
+    if binning > 1:
+        frames = bin_frames(frames, binning)
+        beamstop = None if beamstop is None else bin_frames(beamstop[None], binning)[0] > 0
     noise = residual_noise(frames, n_rolling)
     params = replace(best, background=k_best * noise)
     standard = standard_routine(frames, params, beamstop=beamstop)
-    record = {"source": str(real), "frames": len(frames), "shape": list(frames.shape[1:]),
+    record = {"source": str(real), "frames": len(frames), "shape": list(frames.shape[1:]), "binning": binning,
               "beamstop_from": beamstop_from, "residual_noise": noise, "standard_params": params.to_dict(),
-              "standard_spots_per_frame": int(standard.max()) / len(frames)}
+              "standard_spots_per_frame": float(spots_per_frame(standard).mean()),
+              "standard_spots_each_frame": spots_per_frame(standard).tolist()}
     denoised = None
     if network is not None:
         started = time.perf_counter()
@@ -258,11 +281,15 @@ def _evaluate_real(real, beamstop_from, limit, best, k_best, n_rolling, network,
         seconds = time.perf_counter() - started
         residual = background_residual(denoised, standard, beamstop=beamstop,
                                        threshold=label_options.get("threshold", 0.5))
-        record.update({"dl_seconds": round(seconds, 3), **residual, "dl_spots_per_frame": int(dl.max()) / len(frames),
+        record.update({"dl_seconds": round(seconds, 3), **residual,
+                       "dl_spots_per_frame": float(spots_per_frame(dl).mean()),
+                       "dl_spots_each_frame": spots_per_frame(dl).tolist(),
                        "dl_vs_standard_f1": match_spots(dl, standard)["f1"]})
-    figure = plot_panels(frames, denoised, {"standard": standard, **({"dl": dl} if network is not None else {})},
-                          None, folder / "panels_real.png", title="real frame")
-    return record, figure
+    predictions = {**({"network": dl} if network is not None else {}), "standard routine": standard}
+    figures = [plot_panels(frames, denoised, {"standard": standard, **({"dl": dl} if network is not None else {})},
+                           None, folder / "panels_real.png", title="real frame"),
+               plot_real_spots(frames, predictions, folder / "spots_real.png", beamstop=beamstop)]
+    return record, figures
 
 
 __all__ = ["DEFAULT_GRID", "DEFAULT_SNR_BINS", "MEAN_SNR_BINS", "PEAK_SNR_BINS", "SNR_KINDS", "SPOT_COLUMNS",

@@ -2,7 +2,8 @@
 
 :func:`plot_panels` (input / network / spots / truth, a frame and a zoom), :func:`plot_profiles`
 (line profiles across weak spots, like Fig. 4 of Fang et al.), :func:`plot_recall` (recall per
-SNR bin, one panel per SNR definition) and :func:`markdown` (``metrics.md``).
+SNR bin, one panel per SNR definition), :func:`plot_real_spots` (the two methods' spots drawn
+over a real frame, and their counts per frame) and :func:`markdown` (``metrics.md``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,56 @@ def plot_panels(frames, denoised, predictions, target, path: Path, *, title: str
                 ax.set_title(name + where, fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def spots_per_frame(labels: np.ndarray) -> np.ndarray:
+    """Number of distinct spot labels in each frame of a label stack ``(N, H, W)``."""
+    return np.array([len(np.unique(frame[frame > 0])) for frame in labels], dtype=np.int64)
+
+
+def plot_real_spots(frames, predictions: dict, path: Path, *, title: str = "real frame", first: int = 0,
+                    beamstop=None) -> Path:
+    """Each method's spots outlined over a real frame (whole frame and a zoom), and spots per frame.
+
+    The frame is the one where the methods' counts differ most; the zoom the ``CROP`` window
+    densest in the first method's spots. Outlines are the spots' edge pixels.
+    """
+    plt = _mpl()
+    counts = {name: spots_per_frame(labels) for name, labels in predictions.items()}
+    names = list(predictions)
+    spread = np.ptp(np.stack([counts[n] for n in names]), axis=0) if len(names) > 1 else counts[names[0]]
+    index = int(np.argmax(spread))
+    crop = _crop(predictions[names[0]][index] > 0, CROP)
+    colours = ("#00e5ff", "#ff3d00", "#76ff03")
+    figure, axes = plt.subplots(2, len(names) + 1, figsize=(3.6 * (len(names) + 1), 7.2), squeeze=False,
+                                constrained_layout=True)
+    image = frames[index]
+    low, high = np.percentile(image if beamstop is None else image[~beamstop], [1, 99.5])
+    for row, window in enumerate(((slice(None), slice(None)), crop)):
+        where = "" if row == 0 else f" (zoom y {window[0].start}:{window[0].stop}, x {window[1].start}:{window[1].stop})"
+        for column, name in enumerate(names):
+            ax = axes[row, column]
+            ax.imshow(image[window], cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+            mask = predictions[name][index][window] > 0
+            edge = mask & ~ndi.binary_erosion(mask)
+            overlay = np.zeros(edge.shape + (4,), np.float32)
+            overlay[edge] = (*(int(colours[column % 3][i:i + 2], 16) / 255 for i in (1, 3, 5)), 1.0)
+            ax.imshow(overlay, interpolation="nearest")
+            ax.set_title(f"{title} {first + index}: {name}, {counts[name][index]} spots{where}", fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    ax = axes[0, -1]
+    for column, name in enumerate(names):
+        ax.plot(first + np.arange(len(frames)), counts[name], "o-", ms=3, color=colours[column % 3],
+                label=f"{name}: {counts[name].mean():.0f} per frame")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("spots per frame")
+    ax.legend(fontsize=7)
+    ax.set_title("spots per frame", fontsize=8)
+    axes[1, -1].axis("off")
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
@@ -184,7 +235,8 @@ def markdown(report, settings: dict, figures: list[str]) -> str:
         "# LabDCT spot segmentation: network vs tuned standard routine",
         "",
         f"synthetic stack: {settings['synth']}; tuned on {tuned['tune_projections']} projections, "
-        f"tested on {tuned['test_projections']}  ",
+        f"tested on {tuned['test_projections']}"
+        + (" (the same ones: oracle tuning)" if tuned.get("oracle") else "") + "  ",
         "model: none installed (standard routine only; pass --model DIR)" if model is None else
         f"model: {model['source']}" + (f" (sha256 {model['sha256'][:12]})" if model.get("sha256") else ""),
         "",
@@ -201,6 +253,11 @@ def markdown(report, settings: dict, figures: list[str]) -> str:
     for kind, record in report.recall_records().items():
         lines += _recall_lines(record, names, f"Recall per {kind}-SNR bin")
     lines += _weak_lines(report, names)
+    if getattr(report, "ceiling", None):
+        lines += ["", "Ceiling: an ideal detector that finds every true spot at or above an integrated SNR and "
+                  "nothing else (the spots below cannot be told from the noise):", "",
+                  "| finds every spot with integrated SNR >= | recall | F1 |", "|---:|---:|---:|"]
+        lines += [f"| {row['snr_at_least']:g} | {row['recall']:.3f} | {row['f1']:.3f} |" for row in report.ceiling]
     lines += ["", f"Truth: spots of the LoG segmentation of the noise-free projections (`target`); its F1 against "
               f"the simulator's own spot labels is {tuned['target_vs_simulated_f1']:.3f}. A spot is found when matched "
               f"one-to-one with IoU >= {settings['iou']}. Integrated SNR: intensity of the (dominant) simulated spot "
@@ -209,7 +266,8 @@ def markdown(report, settings: dict, figures: list[str]) -> str:
               "noise (integrated / sqrt(area)). Pixel IoU: spot masks against the target mask.", ""]
     if report.real is not None:
         r = report.real
-        lines += [f"## Real frames: {r['source']} ({r['frames']} frames {tuple(r['shape'])})", "",
+        binned = f", binned {r['binning']}x to the synthetic pixel" if r.get("binning", 1) > 1 else ""
+        lines += [f"## Real frames: {r['source']} ({r['frames']} frames {tuple(r['shape'])}{binned})", "",
                   f"Standard routine with background = {tuned['background_k']:.2g} x residual noise "
                   f"({r['residual_noise']:.3g} counts): {r['standard_spots_per_frame']:.1f} spots/frame.  "]
         if "residual_mean" in r:
@@ -227,4 +285,4 @@ def markdown(report, settings: dict, figures: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["markdown", "plot_panels", "plot_profiles", "plot_recall"]
+__all__ = ["markdown", "plot_panels", "plot_profiles", "plot_real_spots", "plot_recall", "spots_per_frame"]

@@ -35,7 +35,8 @@ log-uniformly per projection from a range, from ``default_rng([seed, p, 1])``; s
 projection),
 
 using ``Var[x | x0] = tau^2 x0 / 2`` with ``x0 ~ I0 * I_BG`` on background (``R_BG`` is
-within ``1 +- 1/sqrt(I0)`` of ``I0``). Per pixel (``spot_peak_snr``): the spot's peak signal
+within ``1 +- 1/sqrt(I0)`` of ``I0``); in ``detector`` mode the variance is the detector's,
+``c x0 sum(K^2) + read_noise^2`` (:func:`~rayproc.labdct.synthesis.pixel_noise_variance`). Per pixel (``spot_peak_snr``): the spot's peak signal
 ``g max(I_simu - C_BG)`` over the same noise for ``A = 1``, i.e. how far its brightest pixel
 stands above the background noise (a spot with peak SNR < 2 is invisible pixel by pixel).
 NaN for spots without labelled pixels and in ``constant`` mode (no noise model); infinite for
@@ -52,7 +53,9 @@ import xarray as xr
 from scipy import ndimage as ndi
 
 from rayproc.errors import InputError
-from rayproc.labdct.synthesis import MODES, log_segmentation, synthesize_input
+from rayproc.labdct.synthesis import (
+    DETECTOR_PRESETS, MODES, detector_at_pixel, hot_pixel_map, log_segmentation, pixel_noise_variance, synthesize_input,
+)
 from rayproc.options import look_up_option
 from rayproc.runtime import ray_session, run_stage
 from rayproc.storage.outputs import claim_store
@@ -114,10 +117,15 @@ def fit_background(frames, shape: tuple[int, int]) -> np.ndarray:
     return (cropped / peak).astype(np.float32)
 
 
-def spot_snr(intensity, area, background_level, *, tau: float, i0: float) -> np.ndarray:
-    """SNR of integrated spots over background Poisson noise (see the module notes), shape (K,)."""
+def spot_snr(intensity, area, background_level, *, tau: float, i0: float, mode: str = "poisson",
+             detector: dict | None = None) -> np.ndarray:
+    """SNR of integrated spots over the background noise (see the module notes), shape (K,).
+
+    The noise of one pixel at the background's expected counts ``i0 * background_level`` is
+    :func:`rayproc.labdct.synthesis.pixel_noise_variance` of the synthesis noise model.
+    """
     intensity, area, level = (np.asarray(a, dtype=np.float64) for a in (intensity, area, background_level))
-    noise = tau * np.sqrt(area * i0 * level / 2)
+    noise = np.sqrt(area * pixel_noise_variance(i0 * level, mode=mode, tau=tau, detector=detector))
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = np.where(area > 0, intensity / noise, np.nan)
     return snr
@@ -131,9 +139,9 @@ class _SynthWriter:
     """
 
     def __init__(self, sim: Location, out: Location, seed: int, c_bg: float, options: dict, pick: str,
-                 gain_range: tuple[float, float]):
+                 gain_range: tuple[float, float], hot: dict | None = None):
         self.sim, self.out, self.seed, self.c_bg, self.options, self.pick = sim, out, seed, c_bg, options, pick
-        self.gain_range = gain_range
+        self.gain_range, self.hot = gain_range, hot
         self.source: xr.Dataset | None = None
         self.backgrounds: np.ndarray | None = None
         self.rows: dict[int, np.ndarray] = {}
@@ -147,6 +155,9 @@ class _SynthWriter:
             self.source = open_dataset(self.sim)
             self.rows = {p: np.flatnonzero(self.source.spot_projection.values == p)
                          for p in range(self.source.sizes["omega"])}
+            if self.hot is not None:  # the detector's fixed pattern: one map per stack
+                self.options = {**self.options, "hot_pixels": hot_pixel_map(
+                    self.backgrounds.shape[1:], np.random.default_rng([self.seed, 0, 3]), **self.hot)}
         rng = np.random.default_rng([self.seed, index])
         frame = index % len(self.backgrounds) if self.pick == "cycle" else int(rng.integers(len(self.backgrounds)))
         background = self.backgrounds[frame]
@@ -160,11 +171,12 @@ class _SynthWriter:
         ids = self.source.spot_id.values[rows]
         with np.errstate(invalid="ignore"):  # spots without labelled pixels: NaN
             level = ndi.mean(background, labels, ids) if len(ids) else np.zeros(0)
+        noise = {k: self.options.get(k) for k in ("tau", "i0", "mode", "detector")}
         snr = spot_snr(gain * self.source.spot_intensity.values[rows], self.source.spot_area_px.values[rows], level,
-                       tau=self.options["tau"], i0=self.options["i0"])
+                       **noise)
         with np.errstate(invalid="ignore"):
             peak = ndi.maximum(clean - self.c_bg, labels, ids) if len(ids) else np.zeros(0)
-        peak_snr = spot_snr(gain * np.asarray(peak), 1, level, tau=self.options["tau"], i0=self.options["i0"])
+        peak_snr = spot_snr(gain * np.asarray(peak), 1, level, **noise)
         if self.options["mode"] == "constant":
             snr[:] = peak_snr[:] = np.nan
         write_task(self.out, task_name(index),
@@ -207,6 +219,7 @@ def synthesize_labdct(
     spot_gain: float | tuple[float, float] = 1.0,
     seed: int = 0,
     pick: str = "cycle",
+    detector: str = "fe_farfield",
     workers: int = 1,
     address: str | None = None,
     cpus: int | None = None,
@@ -226,7 +239,13 @@ def synthesize_labdct(
         Background store (``background`` (frame, y, x)) or ``"parametric"``.
     out : str
         Output zarr store.
-    mode, tau, i0 : see :func:`rayproc.labdct.synthesis.synthesize_input`.
+    mode, tau, i0 : see :func:`rayproc.labdct.synthesis.synthesize_input`; ``mode="detector"``
+        puts the expected counts through a measured detector's noise model instead of the
+        published ``tau Poisson(x0 / 2)``.
+    detector : str
+        Detector mode: a :data:`rayproc.labdct.synthesis.DETECTOR_PRESETS` name, scaled to the
+        simulated pixel (:func:`rayproc.labdct.synthesis.detector_at_pixel`); hot pixels are
+        drawn once per stack from ``default_rng([seed, 0, 3])``.
     spot_gain : float or (float, float)
         Gain of the simulated spot signal: one value, or a range from which each projection
         draws its own gain log-uniformly (from ``default_rng([seed, p, 1])``). 1 is the
@@ -244,6 +263,7 @@ def synthesize_labdct(
     """
     mode = look_up_option(mode, MODES, name="mode")
     pick = look_up_option(pick, PICKS, name="pick")
+    detector = look_up_option(detector, DETECTOR_PRESETS, name="detector")
     if tau < 0 or i0 <= 0 or workers < 1:
         raise InputError(f"--tau must be >= 0, --i0 > 0 and --workers >= 1; got {tau}, {i0}, {workers}.")
     gain_range = (spot_gain, spot_gain) if np.isscalar(spot_gain) else tuple(spot_gain)
@@ -261,9 +281,14 @@ def synthesize_labdct(
                          f"missing {missing or ['background attr']}.")
     n, ny, nx = source.projection.shape
     c_bg = float(source.attrs["background"])
+    noise = {"mode": mode, "tau": tau, "i0": i0}
+    hot = None
+    if mode == "detector":
+        pixel_mm = float(abs(source.det_y.values[1] - source.det_y.values[0]))
+        noise["detector"], hot = detector_at_pixel(detector, pixel_mm)
     params = {"sim": sim_location.url, "background": background if background == PARAMETRIC else
-              resolve(background, storage_options).url, "mode": mode, "tau": tau, "i0": i0,
-              "spot_gain": list(gain_range), "seed": seed, "pick": pick, "target": TARGET_PARAMS}
+              resolve(background, storage_options).url, **noise, "spot_gain": list(gain_range), "seed": seed,
+              "pick": pick, "target": TARGET_PARAMS, **({"hot_pixels": hot} if hot else {})}
     coords = {name: source[name].variable for name in ("omega", "det_y", "det_z")}
     frame = (1, ny, nx)
     with ray_session(address, cpus=cpus, workers=workers, actor_cpus=1.0):
@@ -279,7 +304,7 @@ def synthesize_labdct(
             },
             coords=coords,
             attrs={"title": f"synthesised LabDCT training pairs ({mode} noise)", "c_bg": c_bg, "mode": mode,
-                   "tau": tau, "i0": i0},
+                   "tau": tau, "i0": i0, **({"detector": detector} if mode == "detector" else {})},
             provenance_attrs=provenance(command or command_line(), params, seed=seed),
             overwrite=overwrite,
             inputs=inputs,
@@ -293,8 +318,7 @@ def synthesize_labdct(
         import ray
 
         background_ref = ray.put(backgrounds)
-        stage = functools.partial(_SynthWriter, sim_location, location, seed, c_bg,
-                                  {"mode": mode, "tau": tau, "i0": i0}, pick, gain_range)
+        stage = functools.partial(_SynthWriter, sim_location, location, seed, c_bg, noise, pick, gain_range, hot)
         computed = sum(1 for _ in run_stage(stage, [(p, [background_ref]) for p in todo], workers=workers,
                                             desc="synthesis", progress=progress, on_start=on_start,
                                             done_before=n - len(todo), total=n))
@@ -306,7 +330,7 @@ def synthesize_labdct(
         peak_snr[table["row"]] = table["peak_snr"]
     spot_vars = [name for name, var in source.data_vars.items() if var.dims == ("spot",)]
     table = source[spot_vars].load()
-    table["spot_snr"] = ("spot", snr, {"long_name": "integrated spot SNR over background Poisson noise"})
+    table["spot_snr"] = ("spot", snr, {"long_name": "integrated spot SNR over the background noise"})
     table["spot_peak_snr"] = ("spot", peak_snr, {"long_name": "peak spot signal over the per-pixel background noise"})
     used = np.array([tables[t]["background_frame"][0] if t in tables else -1 for t in tasks], np.int32)
     table["background_frame"] = ("omega", used, {"long_name": "background frame used (-1: not done)"})
