@@ -372,6 +372,8 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per step per worker.")] = 16,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (halved when validation stalls).")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed", help="Master seed of tiles and initial weights.")] = 0,
+    lr_patience: Annotated[int, typer.Option(
+        "--lr-patience", min=0, help="Epochs without a lower validation loss before the learning rate is halved.")] = 2,
     scale: Annotated[float, typer.Option("--scale", help="Input normalisation: this many frame medians map to 1.")] = 100.0,
     feature_net: Annotated[Optional[str], typer.Option(
         "--feature-net", help="VGG16-BN weights file: pixel + feature + Gram loss (default: pixel + SSIM).")] = None,
@@ -390,7 +392,8 @@ def train(
     report = train_labdct(
         data, out, workers=workers, gpu=gpu, epochs=epochs, storage=storage, widths=_ints(widths, "widths"),
         blocks=_ints(blocks, "blocks"), tile=tile, tiles_per_epoch=tiles_per_epoch, val_tiles=val_tiles,
-        batch_size=batch_size, lr=lr, seed=seed, scale=scale, feature_net=feature_net, cpus_per_worker=cpus_per_worker,
+        batch_size=batch_size, lr=lr, seed=seed, lr_patience=lr_patience, scale=scale, feature_net=feature_net,
+        cpus_per_worker=cpus_per_worker,
         loader_workers=loader_workers, max_failures=max_failures, address=address, cpus=cpus,
         storage_options=parse_storage_options(storage_option), progress=progress)
     best = report.best

@@ -223,7 +223,8 @@ def run_epochs(
     rank, world = rank_and_world()
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5,
+                                                           patience=spec.lr_patience)
     precision = Precision(device)
     history, best_weights = [], None
     with session.checkpoint() as folder:

@@ -52,6 +52,8 @@ class BaseTrainSpec:
         Model directory (local, absolute): the exported model, ``metrics.jsonl``, ``loss_curve.png``.
     epochs, batch_size, lr, seed : optional
         Total epochs, per-worker batch size, Adam learning rate, master seed.
+    lr_patience : int
+        Epochs without a lower validation loss before the learning rate is halved.
     gpu : bool
         One GPU per worker, mixed precision.
     cpus_per_worker : float
@@ -73,6 +75,7 @@ class BaseTrainSpec:
     batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
+    lr_patience: int = 2
     gpu: bool = False
     cpus_per_worker: float = 1.0
     loader_workers: int = 0
@@ -95,6 +98,8 @@ class BaseTrainSpec:
             problems.append(f"learning rate must be > 0 (got {self.lr})")
         if self.seed < 0:
             problems.append(f"seed must be >= 0 (got {self.seed})")
+        if self.lr_patience < 0:
+            problems.append(f"learning-rate patience must be >= 0 epochs (got {self.lr_patience})")
         if not self.cpus_per_worker > 0:
             problems.append(f"CPUs per worker must be > 0 (got {self.cpus_per_worker})")
         if self.loader_workers < 0:

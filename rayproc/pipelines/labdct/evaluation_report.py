@@ -89,14 +89,15 @@ def plot_real_spots(frames, predictions: dict, path: Path, *, title: str = "real
                     beamstop=None) -> Path:
     """Each method's spots outlined over a real frame (whole frame and a zoom), and spots per frame.
 
-    The frame is the one where the methods' counts differ most; the zoom the ``CROP`` window
-    densest in the first method's spots. Outlines are the spots' edge pixels.
+    The frame is a typical one (every method's count nearest its median over the frames); the
+    zoom the ``CROP`` window densest in the first method's spots. Outlines are the spots' edge
+    pixels.
     """
     plt = _mpl()
     counts = {name: spots_per_frame(labels) for name, labels in predictions.items()}
     names = list(predictions)
-    spread = np.ptp(np.stack([counts[n] for n in names]), axis=0) if len(names) > 1 else counts[names[0]]
-    index = int(np.argmax(spread))
+    distance = sum(np.abs(c - np.median(c)) / max(np.median(c), 1) for c in counts.values())
+    index = int(np.argmin(distance))
     crop = _crop(predictions[names[0]][index] > 0, CROP)
     colours = ("#00e5ff", "#ff3d00", "#76ff03")
     figure, axes = plt.subplots(2, len(names) + 1, figsize=(3.6 * (len(names) + 1), 7.2), squeeze=False,

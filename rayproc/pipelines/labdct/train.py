@@ -309,6 +309,7 @@ def train_labdct(
     batch_size: int = 16,
     lr: float = 1e-3,
     seed: int = 0,
+    lr_patience: int = 2,
     scale: float = DEFAULT_SCALE,
     val_fraction: float = 0.1,
     feature_net: str | None = None,
@@ -347,6 +348,8 @@ def train_labdct(
         same every epoch).
     batch_size, lr, seed : optional
         Per-worker batch size, Adam learning rate (halved when validation stalls), master seed.
+    lr_patience : int, optional
+        Epochs without a lower validation loss before the learning rate is halved.
     scale : float, optional
         Input normalisation (:func:`rayproc.labdct.denoise.normalise_frames`), stored in the model.
     val_fraction : float, optional
@@ -381,7 +384,7 @@ def train_labdct(
         out=str(Path(out).resolve()),
         arch=LabdctNetConfig(widths=tuple(widths), blocks=tuple(blocks)).to_dict(),
         scale=float(scale), tile=int(tile), tiles_per_epoch=int(tiles_per_epoch), val_tiles=int(val_tiles),
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, lr_patience=lr_patience,
         feature_net=None if feature_net is None else str(Path(feature_net).resolve()),
         gpu=gpu, cpus_per_worker=cpus_per_worker, loader_workers=loader_workers,
         storage_options=storage_options, progress=progress,
