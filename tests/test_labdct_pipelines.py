@@ -402,6 +402,8 @@ def test_evaluate_oracle_tunes_and_scores_on_the_same_frames_and_bins_real_frame
     assert "oracle tuning" in markdown and "Ceiling: an ideal detector" in markdown
     assert [row["snr_at_least"] for row in report.ceiling] == [2.0, 3.0, 5.0]
     assert report.ceiling[0]["f1"] >= report.methods["standard"]["f1"] - 0.05  # nobody beats the ceiling much
+    weak = report.recall_by_mean_snr["weak"]
+    assert weak["count"] == 0 or 0 <= weak["ideal"] <= 1
 
 
 def test_evaluate_command_prints_scores_and_weak_spot_recall(stores, tmp_path, capsys):

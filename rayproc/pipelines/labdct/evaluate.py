@@ -55,8 +55,8 @@ import numpy as np
 
 from rayproc.errors import InputError
 from rayproc.labdct.evaluation import (
-    DEFAULT_GRID, DEFAULT_SNR_BINS, MEAN_SNR_BINS, PEAK_SNR_BINS, SNR_KINDS, SPOT_COLUMNS, background_residual,
-    detection_ceiling, mean_snr, recall_record, score, truth_snr, tune_relative,
+    CEILING_SNR, DEFAULT_GRID, DEFAULT_SNR_BINS, MEAN_SNR_BINS, PEAK_SNR_BINS, SNR_KINDS, SPOT_COLUMNS, WEAK_BELOW,
+    background_residual, detection_ceiling, mean_snr, recall_record, score, truth_snr, tune_relative,
 )
 from rayproc.labdct.calibration import bin_frames
 from rayproc.labdct.spots import label_spots, match_spots
@@ -216,6 +216,10 @@ def evaluate_labdct(
         methods[name] = {**scores, "seconds": round(methods[name]["seconds"], 3)}
     bins = {"integrated": snr_bins, "peak": PEAK_SNR_BINS, "mean": MEAN_SNR_BINS}
     records = {kind: recall_record(founds, values, bins[kind]) for kind, values in snrs.items()}
+    for kind, record in records.items():  # the ideal detector's recall of each definition's weak spots
+        weak = np.asarray(snrs[kind]) < WEAK_BELOW
+        if "weak" in record and weak.any():
+            record["weak"]["ideal"] = detection_ceiling(snrs["integrated"][weak], (CEILING_SNR[0],))[0]["recall"]
     reference = match_spots(truth_test, ds.spot_label.values[test], iou=iou)
     tuned = {"params": best.to_dict(), "background_k": k_best, "tune_projections": n_tune,
              "test_projections": n - first_test, "oracle": oracle, "grid": {k: list(map(float, v)) for k, v in grid.items()},

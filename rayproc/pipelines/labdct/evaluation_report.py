@@ -217,14 +217,16 @@ def _weak_lines(report, names: list[str]) -> list[str]:
     if not records:
         return []
     gain = len(names) == 2 and set(names) == {"dl", "standard"}
-    lines = ["", f"Weak spots (SNR < {WEAK_BELOW:g}) per SNR definition:", "",
+    lines = ["", f"Weak spots (SNR < {WEAK_BELOW:g}) per SNR definition (ideal: the share of them with "
+             "integrated SNR >= 2, the recall of the ideal detector of the ceiling below):", "",
              "| SNR definition | true spots | " + " | ".join(f"recall {n}" for n in names) + (" | dl - standard |"
-             if gain else " |"), "|---|---:|" + "---:|" * (len(names) + gain)]
+             if gain else " |") + " ideal |", "|---|---:|" + "---:|" * (len(names) + gain + 1)]
     for label, record in records.items():
         weak = record["weak"]
         cells = ["-" if weak.get(n) is None else f"{weak[n]:.3f}" for n in names]
         if gain:
             cells.append("-" if weak["dl"] is None else f"{weak['dl'] - weak['standard']:+.3f}")
+        cells.append("-" if weak.get("ideal") is None else f"{weak['ideal']:.3f}")
         lines.append(f"| {label} | {weak['count']} | " + " | ".join(cells) + " |")
     return lines
 
