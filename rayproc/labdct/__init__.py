@@ -28,7 +28,7 @@ _EXPORTS = {
         'bragg_energies', 'detector_intersection', 'diffracted_directions', 'diffraction_events',
         'incident_directions',
     ], 'bragg'),
-    **dict.fromkeys(['bin_frames', 'detected_spot_snr', 'match_spot_gain'], 'calibration'),
+    **dict.fromkeys(['bin_frames', 'bin_to_shape', 'detected_spot_snr', 'match_spot_gain'], 'calibration'),
     **dict.fromkeys([
         'Material', 'ReflectionSet', 'd_spacing', 'get_material', 'hkl_families', 'is_allowed', 'reflection_set',
         'structure_factor', 'symmetric_variants',
@@ -60,15 +60,15 @@ _EXPORTS = {
         'radial_profile', 'realism_summary', 'spot_measurements',
     ], 'realism'),
     **dict.fromkeys(['tube_spectrum'], 'spectrum'),
-    **dict.fromkeys(['label_spots', 'match_spots', 'number_per_frame', 'pixel_iou', 'recall_by_snr', 'spot_table'],
-                    'spots'),
+    **dict.fromkeys(['label_spots', 'match_spots', 'number_per_frame', 'pixel_iou', 'recall_by_snr', 'spot_table',
+                     'spots_per_frame'], 'spots'),
     **dict.fromkeys(['dark_region_mask', 'hot_pixel_mask', 'persistent_spot_mask', 'sample_frames'], 'detector_masks'),
     **dict.fromkeys([
         'StandardRoutineParams', 'log_spot_labels', 'residual_noise', 'robust_noise', 'rolling_median_subtract',
         'standard_routine', 'tune_standard_routine',
     ], 'standard_routine'),
-    **dict.fromkeys(['detector_at_pixel', 'detector_counts', 'hot_pixel_map', 'log_segmentation', 'pixel_noise_variance',
-                     'synthesize_input'], 'synthesis'),
+    **dict.fromkeys(['detector_at_pixel', 'detector_counts', 'hot_pixel_map', 'log_segmentation',
+                     'pixel_noise_variance', 'synthesize_input'], 'synthesis'),
     **dict.fromkeys(['TileDataset', 'training_pair'], 'tiles'),
 }
 

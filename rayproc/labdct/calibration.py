@@ -56,6 +56,23 @@ def bin_frames(stack, factor: int) -> np.ndarray:
     return blocks.sum(axis=(2, 4), dtype=np.float64).astype(np.float32)
 
 
+def bin_to_shape(stack, shape, beamstop=None) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """A stack (and its beam-stop mask) summed to frames of ``shape`` when it is an integer multiple of it.
+
+    Returns ``(stack, beamstop, factor)``: binned by ``factor >= 1`` (1: already ``shape``), or
+    unchanged with ``factor = 0`` when its frames are not an integer multiple of ``shape``. A
+    binned pixel is under the beam stop when any of its pixels is.
+    """
+    stack = np.asarray(stack)
+    factor = stack.shape[1] // shape[0] if shape[0] else 0
+    if factor < 1 or stack.shape[1:] != (shape[0] * factor, shape[1] * factor):
+        return stack, beamstop, 0
+    if factor > 1:
+        stack = bin_frames(stack, factor)
+        beamstop = None if beamstop is None else bin_frames(np.asarray(beamstop)[None], factor)[0] > 0
+    return stack, beamstop, factor
+
+
 def detected_spot_snr(
     stack,
     *,
@@ -134,4 +151,4 @@ def match_spot_gain(
     return float(np.sqrt(low * high))
 
 
-__all__ = ["DETECTION_K", "bin_frames", "detected_spot_snr", "match_spot_gain"]
+__all__ = ["DETECTION_K", "bin_frames", "bin_to_shape", "detected_spot_snr", "match_spot_gain"]

@@ -180,6 +180,6 @@ def background_residual(denoised, standard_labels, *, beamstop=None, threshold: 
             "residual_above_threshold": float((background >= threshold).mean())}
 
 
-__all__ = ["CEILING_SNR", "DEFAULT_GRID", "detection_ceiling", "DEFAULT_SNR_BINS", "MEAN_SNR_BINS", "PEAK_SNR_BINS", "RESIDUAL_MARGIN", "SNR_KINDS",
-           "SPOT_COLUMNS", "WEAK_BELOW", "background_residual", "mean_snr", "recall_record", "score", "truth_snr",
-           "tune_relative"]
+__all__ = ["CEILING_SNR", "DEFAULT_GRID", "DEFAULT_SNR_BINS", "MEAN_SNR_BINS", "PEAK_SNR_BINS", "RESIDUAL_MARGIN",
+           "SNR_KINDS", "SPOT_COLUMNS", "WEAK_BELOW", "background_residual", "detection_ceiling", "mean_snr",
+           "recall_record", "score", "truth_snr", "tune_relative"]

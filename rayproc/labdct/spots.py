@@ -232,4 +232,9 @@ def pixel_iou(pred, true) -> float:
     return np.count_nonzero(pred & true) / union if union else 1.0
 
 
-__all__ = ["label_spots", "match_spots", "pixel_iou", "recall_by_snr", "spot_table"]
+def spots_per_frame(labels) -> np.ndarray:
+    """Number of distinct spot labels in each frame of a label stack ``(N, H, W)``, int64 ``(N,)``."""
+    return np.array([len(np.unique(frame[frame > 0])) for frame in np.asarray(labels)], dtype=np.int64)
+
+
+__all__ = ["label_spots", "match_spots", "pixel_iou", "recall_by_snr", "spot_table", "spots_per_frame"]

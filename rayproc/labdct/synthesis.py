@@ -164,7 +164,7 @@ def _blur_square_sum(sigma: float) -> float:
 
 
 def _binned_blur_sigma(sigma: float, factor: float) -> float:
-    """Blur sigma (binned px) that gives ``b x b``-binned blurred photon noise its variance (see :func:`detector_at_pixel`)."""
+    """Blur sigma (binned px) giving ``b x b``-binned blurred photon noise its variance (:func:`detector_at_pixel`)."""
     from scipy.ndimage import gaussian_filter1d
 
     b = int(round(factor))
@@ -240,7 +240,8 @@ def detector_at_pixel(preset: str | dict, pixel_size_mm: float) -> tuple[dict, d
     detector = {"counts_per_photon": preset["counts_per_photon"],
                 "noise_psf_sigma_px": _binned_blur_sigma(preset["noise_psf_sigma_px"], factor),
                 "read_noise": preset["read_noise"] * factor}
-    hot = {"fraction": min(1.0, preset["hot_pixel_fraction"] * factor**2), "mean_counts": preset["hot_pixel_mean_counts"]}
+    hot = {"fraction": min(1.0, preset["hot_pixel_fraction"] * factor**2),
+           "mean_counts": preset["hot_pixel_mean_counts"]}
     return detector, hot
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from rayproc.errors import InputError
-from rayproc.labdct.calibration import DETECTION_K, bin_frames, detected_spot_snr, match_spot_gain
-from rayproc.labdct.synthesis import DETECTOR_PRESETS, MODES, detector_at_pixel, hot_pixel_map, synthesize_input
+from rayproc.labdct.calibration import DETECTION_K, bin_to_shape, detected_spot_snr, match_spot_gain
+from rayproc.labdct.synthesis import DETECTOR_PRESETS, MODES, synthesize_input
 from rayproc.options import look_up_option
 from rayproc.pipelines.labdct.stack import beamstop_mask, read_frames
-from rayproc.pipelines.labdct.synth import background_frames
+from rayproc.pipelines.labdct.synth import background_frames, stack_hot_pixels, store_detector
 from rayproc.storage import open_dataset, resolve
 
 QUANTILES = (10, 25, 50, 75, 90)
@@ -145,24 +145,19 @@ def calibrate_labdct(
     images = background_frames(background, count, shape, beamstop, seed, storage_options)
     images = images[np.arange(count) % len(images)]
 
-    factor = measured.shape[1] // shape[0]
-    if factor < 1 or measured.shape[1:] != (shape[0] * factor, shape[1] * factor):
-        raise InputError(f"measured frames {measured.shape[1:]} are not an integer multiple of the simulated "
-                         f"projections {shape}; simulate with a matching --binning.")
     default_geometry = Path(str(real)) / "geometry.json"
     if real_beamstop_from is None and default_geometry.is_file():
         real_beamstop_from = str(default_geometry)
-    real_beamstop = beamstop_mask(real_beamstop_from, measured.shape[1:])
-    if factor > 1:
-        measured = bin_frames(measured, factor)
-        if real_beamstop is not None:
-            real_beamstop = bin_frames(real_beamstop[None], factor)[0] > 0
+    measured_shape = measured.shape[1:]
+    measured, real_beamstop, factor = bin_to_shape(measured, shape, beamstop_mask(real_beamstop_from, measured_shape))
+    if not factor:
+        raise InputError(f"measured frames {measured_shape} are not an integer multiple of the simulated "
+                         f"projections {shape}; simulate with a matching --binning.")
     noise = {"mode": mode, "tau": tau}
     hot = None
     if mode == "detector":
-        pixel_mm = float(abs(source.det_y.values[1] - source.det_y.values[0]))
-        noise["detector"], hot_params = detector_at_pixel(detector, pixel_mm)
-        hot = hot_pixel_map(shape, np.random.default_rng([seed, 0, 3]), **hot_params)
+        noise["detector"], hot_params = store_detector(source, detector)
+        hot = stack_hot_pixels(shape, seed, hot_params)
     if i0 is None:
         i0 = 1000.0 if mode == "poisson" else measured_background_scale(measured, images, real_beamstop, beamstop)
     detect = {"n_rolling": n_rolling, "k": k}

@@ -58,12 +58,12 @@ from rayproc.labdct.evaluation import (
     CEILING_SNR, DEFAULT_GRID, DEFAULT_SNR_BINS, MEAN_SNR_BINS, PEAK_SNR_BINS, SNR_KINDS, SPOT_COLUMNS, WEAK_BELOW,
     background_residual, detection_ceiling, mean_snr, recall_record, score, truth_snr, tune_relative,
 )
-from rayproc.labdct.calibration import bin_frames
-from rayproc.labdct.spots import label_spots, match_spots
+from rayproc.labdct.calibration import bin_to_shape
+from rayproc.labdct.spots import label_spots, match_spots, spots_per_frame
 from rayproc.labdct.standard_routine import residual_noise, standard_routine
 from rayproc.pipelines.labdct.stack import beamstop_mask, read_frames
 from rayproc.pipelines.labdct.evaluation_report import (
-    markdown, plot_panels, plot_profiles, plot_real_spots, plot_recall, spots_per_frame,
+    markdown, plot_panels, plot_profiles, plot_real_spots, plot_recall,
 )
 from rayproc.models.artifact import has_default_model, resolve_model
 from rayproc.pipelines.labdct.segment import dl_segment, spot_scale
@@ -222,7 +222,8 @@ def evaluate_labdct(
             record["weak"]["ideal"] = detection_ceiling(snrs["integrated"][weak], (CEILING_SNR[0],))[0]["recall"]
     reference = match_spots(truth_test, ds.spot_label.values[test], iou=iou)
     tuned = {"params": best.to_dict(), "background_k": k_best, "tune_projections": n_tune,
-             "test_projections": n - first_test, "oracle": oracle, "grid": {k: list(map(float, v)) for k, v in grid.items()},
+             "test_projections": n - first_test, "oracle": oracle,
+             "grid": {k: list(map(float, v)) for k, v in grid.items()},
              "seconds": round(tuning_seconds, 3), "f1_tuning": float(table["f1"].max()),
              "target_vs_simulated_f1": reference["f1"]}
 
@@ -265,12 +266,8 @@ def _evaluate_real(real, beamstop_from, limit, best, k_best, n_rolling, network,
     default_geometry = Path(str(real)) / "geometry.json"
     if beamstop_from is None and default_geometry.is_file():
         beamstop_from = str(default_geometry)
-    beamstop = beamstop_mask(beamstop_from, frames.shape[1:])
-    factor = frames.shape[1] // shape[0]
-    binning = factor if factor > 1 and frames.shape[1:] == (shape[0] * factor, shape[1] * factor) else 1
-    if binning > 1:
-        frames = bin_frames(frames, binning)
-        beamstop = None if beamstop is None else bin_frames(beamstop[None], binning)[0] > 0
+    frames, beamstop, binning = bin_to_shape(frames, shape, beamstop_mask(beamstop_from, frames.shape[1:]))
+    binning = max(binning, 1)  # not a multiple: the frames as they are
     noise = residual_noise(frames, n_rolling)
     params = replace(best, background=k_best * noise)
     standard = standard_routine(frames, params, beamstop=beamstop)

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from rayproc.labdct.evaluation import RESIDUAL_MARGIN, SNR_KINDS, WEAK_BELOW
-from rayproc.labdct.spots import spot_table
+from rayproc.labdct.spots import spot_table, spots_per_frame
 
 PROFILE_HALF = 12  # half-length (px) of a line profile
 N_PROFILES = 3
@@ -80,11 +80,6 @@ def plot_panels(frames, denoised, predictions, target, path: Path, *, title: str
     return path
 
 
-def spots_per_frame(labels: np.ndarray) -> np.ndarray:
-    """Number of distinct spot labels in each frame of a label stack ``(N, H, W)``."""
-    return np.array([len(np.unique(frame[frame > 0])) for frame in labels], dtype=np.int64)
-
-
 def plot_real_spots(frames, predictions: dict, path: Path, *, title: str = "real frame", first: int = 0,
                     beamstop=None) -> Path:
     """Each method's spots outlined over a real frame (whole frame and a zoom), and spots per frame.
@@ -105,7 +100,8 @@ def plot_real_spots(frames, predictions: dict, path: Path, *, title: str = "real
     image = frames[index]
     low, high = np.percentile(image if beamstop is None else image[~beamstop], [1, 99.5])
     for row, window in enumerate(((slice(None), slice(None)), crop)):
-        where = "" if row == 0 else f" (zoom y {window[0].start}:{window[0].stop}, x {window[1].start}:{window[1].stop})"
+        (top, bottom), (left, right) = ((w.start, w.stop) for w in window)
+        where = "" if row == 0 else f" (zoom y {top}:{bottom}, x {left}:{right})"
         for column, name in enumerate(names):
             ax = axes[row, column]
             ax.imshow(image[window], cmap="gray", vmin=low, vmax=high, interpolation="nearest")
@@ -288,4 +284,4 @@ def markdown(report, settings: dict, figures: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["markdown", "plot_panels", "plot_profiles", "plot_real_spots", "plot_recall", "spots_per_frame"]
+__all__ = ["markdown", "plot_panels", "plot_profiles", "plot_real_spots", "plot_recall"]

@@ -36,7 +36,8 @@ projection),
 
 using ``Var[x | x0] = tau^2 x0 / 2`` with ``x0 ~ I0 * I_BG`` on background (``R_BG`` is
 within ``1 +- 1/sqrt(I0)`` of ``I0``); in ``detector`` mode the variance is the detector's,
-``c x0 sum(K^2) + read_noise^2`` (:func:`~rayproc.labdct.synthesis.pixel_noise_variance`). Per pixel (``spot_peak_snr``): the spot's peak signal
+``c x0 sum(K^2) + read_noise^2`` (:func:`~rayproc.labdct.synthesis.pixel_noise_variance`).
+Per pixel (``spot_peak_snr``): the spot's peak signal
 ``g max(I_simu - C_BG)`` over the same noise for ``A = 1``, i.e. how far its brightest pixel
 stands above the background noise (a spot with peak SNR < 2 is invisible pixel by pixel).
 NaN for spots without labelled pixels and in ``constant`` mode (no noise model); infinite for
@@ -156,8 +157,8 @@ class _SynthWriter:
             self.rows = {p: np.flatnonzero(self.source.spot_projection.values == p)
                          for p in range(self.source.sizes["omega"])}
             if self.hot is not None:  # the detector's fixed pattern: one map per stack
-                self.options = {**self.options, "hot_pixels": hot_pixel_map(
-                    self.backgrounds.shape[1:], np.random.default_rng([self.seed, 0, 3]), **self.hot)}
+                self.options = {**self.options,
+                                "hot_pixels": stack_hot_pixels(self.backgrounds.shape[1:], self.seed, self.hot)}
         rng = np.random.default_rng([self.seed, index])
         frame = index % len(self.backgrounds) if self.pick == "cycle" else int(rng.integers(len(self.backgrounds)))
         background = self.backgrounds[frame]
@@ -184,6 +185,17 @@ class _SynthWriter:
                    table={"row": rows, "snr": snr, "peak_snr": peak_snr, "background_frame": np.array([frame]),
                           "spot_gain": np.array([gain])})
         return index
+
+
+def store_detector(source: xr.Dataset, detector: str) -> tuple[dict, dict]:
+    """``detector`` (a ``DETECTOR_PRESETS`` name) on the pixel of simulated store ``source`` (its
+    ``det_y`` spacing, mm): keywords of ``detector_counts`` and of ``hot_pixel_map``."""
+    return detector_at_pixel(detector, float(abs(source.det_y.values[1] - source.det_y.values[0])))
+
+
+def stack_hot_pixels(shape: tuple[int, int], seed: int, hot: dict) -> np.ndarray:
+    """The stack's fixed hot-pixel map: one draw from ``default_rng([seed, 0, 3])``."""
+    return hot_pixel_map(shape, np.random.default_rng([seed, 0, 3]), **hot)
 
 
 def projection_gain(gain_range: tuple[float, float], seed: int, index: int) -> float:
@@ -284,8 +296,7 @@ def synthesize_labdct(
     noise = {"mode": mode, "tau": tau, "i0": i0}
     hot = None
     if mode == "detector":
-        pixel_mm = float(abs(source.det_y.values[1] - source.det_y.values[0]))
-        noise["detector"], hot = detector_at_pixel(detector, pixel_mm)
+        noise["detector"], hot = store_detector(source, detector)
     params = {"sim": sim_location.url, "background": background if background == PARAMETRIC else
               resolve(background, storage_options).url, **noise, "spot_gain": list(gain_range), "seed": seed,
               "pick": pick, "target": TARGET_PARAMS, **({"hot_pixels": hot} if hot else {})}
@@ -342,4 +353,4 @@ def synthesize_labdct(
 
 
 __all__ = ["PICKS", "SynthReport", "background_frames", "fit_background", "projection_gain", "spot_snr",
-           "synthesize_labdct"]
+           "stack_hot_pixels", "store_detector", "synthesize_labdct"]
